@@ -1,0 +1,1 @@
+"""Question sets, prompts, and grading for sept: see data/README.md."""

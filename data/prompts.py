@@ -1,0 +1,111 @@
+"""Prompts: how a question is put to the model.
+
+    python -m data.prompts qwen-math "What is 1+1?"            # from the repo root: prints the prompt
+    python -m data.prompts chat "What is 1+1?" --model-dir PATH  # the checkpoint's own chat template
+
+Templates (`build_prompt(question, template, model_dir=None)`):
+  qwen-math      what Qwen2.5-Math's chat template renders for one user turn (its default system message asks
+                 for step-by-step reasoning and a \\boxed{} answer); the prompt the paper uses.
+  qwen-instruct  what Qwen2.5-Instruct's chat template renders for one user turn (its default system message,
+                 "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."), with the boxed
+                 instruction appended to the question after a space.
+  raw            the question itself (for base models without a chat format).
+  toy            "Q: {question}\nA:", the format the embedded toy model (data/toy) was pretrained on.
+  chat           the checkpoint's own chat template from `model_dir` (tokenizer_config.json's "chat_template",
+                 or chat_template.jinja), rendered like transformers' apply_chat_template with one user
+                 message (question + the boxed instruction) and add_generation_prompt=True.
+
+Tokenizing a prompt: the string holds special tokens as plain text ("<|im_start|>"). Encode it with
+add_special_tokens=False: the `tokenizers` library matches a tokenizer.json's added tokens in the text before
+any other splitting, whatever that flag says, so "<|im_start|>" becomes its one id; the flag only controls
+the post-processor (a BOS the template may already have written as text). Never encode the pieces of a
+special token as ordinary text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from pathlib import Path
+
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+# "{question}" is replaced verbatim (str.replace, not str.format: \boxed{} and questions hold braces)
+TEMPLATES: dict[str, str] = {
+    "qwen-math": (
+        "<|im_start|>system\n" + BOXED_INSTRUCTION + "<|im_end|>\n"
+        "<|im_start|>user\n{question}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ),
+    "qwen-instruct": (
+        "<|im_start|>system\n" + QWEN_SYSTEM + "<|im_end|>\n"
+        "<|im_start|>user\n{question} " + BOXED_INSTRUCTION + "<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ),
+    "raw": "{question}",
+    "toy": "Q: {question}\nA:",  # the embedded toy world's format (data/make_toy.py)
+}
+TEMPLATE_NAMES = [*TEMPLATES, "chat"]  # "chat" is rendered from the checkpoint folder, not a fixed string
+
+
+def build_prompt(question: str, template: str, model_dir: str | Path | None = None) -> str:
+    if template == "chat":
+        if model_dir is None:
+            raise ValueError("template 'chat' needs model_dir, the checkpoint folder holding the chat template")
+        return render_chat_template(model_dir, [{"role": "user", "content": question + " " + BOXED_INSTRUCTION}])
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
+    return TEMPLATES[template].replace("{question}", question)
+
+
+def render_chat_template(model_dir: str | Path, messages: list[dict]) -> str:
+    """The folder's chat template applied to `messages`, ending with the assistant's turn opened.
+    As in transformers: a sandboxed Jinja environment (a template cannot reach Python internals), trim_blocks
+    and lstrip_blocks, `raise_exception`, `tojson`, `strftime_now`, and bos_token/eos_token from
+    tokenizer_config.json. A separate chat_template.jinja takes precedence over the config's field."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    folder = Path(model_dir)
+    config_file, jinja_file = folder / "tokenizer_config.json", folder / "chat_template.jinja"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    source = jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else config.get("chat_template")
+    if isinstance(source, list):  # several named templates: [{"name": "default", "template": ...}, ...]
+        source = {t.get("name"): t.get("template") for t in source}.get("default")
+    if not source:
+        raise ValueError(f"no chat template in {folder}: expected 'chat_template' in tokenizer_config.json "
+                         f"or a chat_template.jinja file (or use --prompt-template qwen-math / raw)")
+
+    def raise_exception(message: str):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    special = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token") if config.get(k) is not None}
+    try:
+        return env.from_string(source).render(messages=messages, add_generation_prompt=True, **special)
+    except jinja2.exceptions.SecurityError as e:
+        raise ValueError(f"the chat template in {folder} tried something the Jinja sandbox forbids: {e}") from e
+    except jinja2.exceptions.TemplateError as e:
+        raise ValueError(f"the chat template in {folder} failed: {e}") from e
+
+
+def _token_text(token) -> str:
+    """tokenizer_config.json stores a special token as a string or as {"content": "<s>", ...}."""
+    return token["content"] if isinstance(token, dict) else str(token)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="Print the prompt a question becomes.")
+    p.add_argument("template", choices=TEMPLATE_NAMES)
+    p.add_argument("question")
+    p.add_argument("--model-dir", default=None, help="checkpoint folder (for the 'chat' template)")
+    args = p.parse_args()
+    print(build_prompt(args.question, args.template, args.model_dir), end="")

@@ -1,0 +1,103 @@
+"""Question sets: math questions and, where known, their reference final answers.
+
+    python -m data.questions ../shared/benchmarks/math500.jsonl   # from the repo root: count and first question
+
+Two formats (see data/README.md):
+  * jsonl, one object per line: "problem" (or "question"), "answer" (string or number; absent when unknown),
+    optional "id" (default "<file stem>-<line>") and "source" (default the file stem). Blank lines are skipped.
+  * the verl-style parquet the official SePT code ships: "prompt" (chat messages; the last user message is the
+    problem), "reward_model" {"ground_truth", "style"}, "data_source", "id" (or verl's extra_info.index).
+    Needs pyarrow.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Question:
+    problem: str  # the question text, without any prompt template around it
+    answer: str | None  # reference final answer (what \boxed{} should hold); None when unknown
+    id: str  # stable id, unique within its file
+    source: str  # benchmark or data set it came from
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    """All questions in a .jsonl or .parquet file; errors name the file and line (or row)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"question file {path} does not exist")
+    if path.suffix == ".parquet":
+        return _load_parquet(path)
+    return _load_jsonl(path)
+
+
+def _load_jsonl(path: Path) -> list[Question]:
+    questions = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            problem = obj.get("problem", obj.get("question"))
+            if not isinstance(problem, str) or not problem.strip():
+                raise ValueError(f"{where}: no 'problem' (or 'question') text")
+            questions.append(Question(
+                problem=problem,
+                answer=_answer_text(obj.get("answer"), where),
+                id=str(obj["id"]) if obj.get("id") is not None else f"{path.stem}-{lineno}",
+                source=str(obj.get("source") or obj.get("data_source") or path.stem),
+            ))
+    return questions
+
+
+def _load_parquet(path: Path) -> list[Question]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from None
+    questions = []
+    for i, row in enumerate(pq.read_table(path).to_pylist()):
+        where = f"{path} row {i}"
+        prompt = row.get("prompt")
+        if isinstance(prompt, str):
+            problem = prompt
+        else:  # verl: [{"role": "system", ...}, {"role": "user", "content": question}]
+            users = [m.get("content") for m in prompt or [] if isinstance(m, dict) and m.get("role") == "user"]
+            problem = users[-1] if users else None
+        if not isinstance(problem, str) or not problem.strip():
+            raise ValueError(f"{where}: 'prompt' holds no user message")
+        # the official files carry an "id" column; stock verl preprocessing writes extra_info.index instead
+        row_id = row.get("id") if row.get("id") is not None else (row.get("extra_info") or {}).get("index")
+        questions.append(Question(
+            problem=problem,
+            answer=_answer_text((row.get("reward_model") or {}).get("ground_truth"), where),
+            id=str(row_id) if row_id is not None else f"{path.stem}-{i}",
+            source=str(row.get("data_source") or path.stem),
+        ))
+    return questions
+
+
+def _answer_text(value, where: str) -> str | None:
+    """Answers are compared as text; numbers (AIME answers are often stored as ints) become strings."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{where}: answer must be a string or a number, got {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    qs = load_questions(sys.argv[1])
+    print(f"{len(qs)} questions; the first ({qs[0].id}, source {qs[0].source}, answer {qs[0].answer!r}):")
+    print(qs[0].problem)

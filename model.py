@@ -1,0 +1,459 @@
+"""model.py — what the network is: a hand-written Llama / Qwen2 decoder that reads and writes HF checkpoints.
+
+Module names mirror the Hugging Face tensor names (`model.layers.3.self_attn.q_proj.weight` ...), so loading
+is a strict copy and a checkpoint written here opens in transformers and vLLM unchanged. The KV cache lives
+outside the modules: `sample.py` allocates one per generate call and passes it through `hidden_states()`.
+
+    python -c "import model; m = model.load_model('data/toy'); print(m.config)"
+"""
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import triton_kernels
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that sept cannot read; the message names the file and the problem."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration: an explicit map from HF config.json keys to ours; anything we would have to guess is an error.
+
+@dataclass
+class ModelConfig:
+    model_type: str = "llama"          # "llama" or "qwen2"
+    vocab_size: int = 32000
+    hidden_size: int = 512
+    intermediate_size: int = 1376      # SwiGLU inner width
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 8       # GQA: each KV head serves num_attention_heads / num_key_value_heads queries
+    head_dim: int = 64                 # may differ from hidden_size / num_attention_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None   # None, or the `llama3` parameters
+    max_position_embeddings: int = 2048
+    attention_bias: bool = False       # q/k/v biases (always on for qwen2)
+    tie_word_embeddings: bool = False  # head shares the embedding matrix
+    dtype: str = "float32"             # the dtype the checkpoint was stored in
+    hf_config: dict = field(default_factory=dict, repr=False)  # the config.json we read, written back on save
+
+
+# HF key -> our field, for keys whose meaning is the same in transformers 4.x and 5.x.
+HF_KEYS = {k: k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                          "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
+                          "max_position_embeddings", "attention_bias", "tie_word_embeddings", "model_type")}
+
+
+def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
+    def fail(msg):
+        raise CheckpointError(f"{where}: {msg}")
+    if hf.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        fail(f"unsupported model_type {hf.get('model_type')!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                           "num_attention_heads") if k not in hf]
+    if missing:
+        fail(f"missing {', '.join(missing)}")
+    cfg = {ours: hf[theirs] for theirs, ours in HF_KEYS.items() if hf.get(theirs) is not None}
+    cfg.setdefault("num_key_value_heads", hf["num_attention_heads"])
+    cfg.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
+    cfg.setdefault("tie_word_embeddings", False)   # transformers' default for both families
+    if hf["model_type"] == "qwen2":
+        cfg["attention_bias"] = True
+        if hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or []):
+            fail("sliding-window attention is switched on; sept implements full attention only")
+    if hf.get("hidden_act", "silu") != "silu":
+        fail(f"hidden_act {hf['hidden_act']!r} is not supported (SwiGLU with silu only)")
+    if hf.get("mlp_bias"):
+        fail("mlp_bias=true is not supported")
+    if cfg["num_attention_heads"] % cfg["num_key_value_heads"]:
+        fail("num_key_value_heads must divide num_attention_heads")
+    # RoPE: transformers 5.x writes `rope_parameters` (theta inside), 4.x writes `rope_theta` + `rope_scaling`.
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+    cfg["rope_theta"] = float(rope.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    if rope.pop("partial_rotary_factor", 1.0) != 1.0:
+        fail("partial_rotary_factor != 1 is not supported")
+    if rope_type == "llama3":
+        need = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        if any(k not in rope for k in need):
+            fail(f"llama3 rope scaling needs {', '.join(need)}")
+        cfg["rope_scaling"] = {k: rope[k] for k in need}
+    elif rope_type != "default":
+        fail(f"rope type {rope_type!r} is not supported (default and llama3 are)")
+    dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+    if dtype not in DTYPES:
+        fail(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return ModelConfig(**cfg, dtype=dtype, hf_config=hf)
+
+
+def rope_inv_freq(cfg: ModelConfig, device) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,) in fp32, with Llama 3's long-context rescaling when configured."""
+    D = cfg.head_dim
+    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D)
+    if cfg.rope_scaling:  # llama3: keep high frequencies, divide low ones by `factor`, blend in between
+        s = cfg.rope_scaling
+        old_len, factor = s["original_max_position_embeddings"], s["factor"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen > old_len / s["low_freq_factor"], inv_freq / factor,
+                               torch.where(wavelen < old_len / s["high_freq_factor"], inv_freq, blended))
+    return inv_freq
+
+
+def rope_cos_sin(cfg: ModelConfig, positions: torch.Tensor, dtype):
+    """cos, sin of shape (B, T, 1, head_dim) for integer positions (B, T); computed in fp32 like HF.
+    sin carries rotate-half's sign (-sin on the first half), so apply_rope needs no negation or concatenation."""
+    freqs = positions[..., None].float() * rope_inv_freq(cfg, positions.device)  # (B, T, D/2)
+    cos, sin = freqs.cos(), freqs.sin()
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)      # HF's rotate-half layout
+    return cos[:, :, None].to(dtype), sin[:, :, None].to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """HF's x·cos + rotate_half(x)·sin, where rotate_half(x) = (-x2, x1) = roll(x, D/2) with the sign in sin."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The KV cache, allocated per generate call by sample.py, never stored on a module.
+
+@dataclass
+class KVCache:
+    k: torch.Tensor      # (n_layers, B, max_len, n_kv_heads, head_dim)
+    v: torch.Tensor      # same
+    lens: torch.Tensor   # (B,) int32: tokens held for each row
+    filled: int = 0      # host-side bound on lens, so attention reads cache[:, :filled] only
+
+
+def new_kv_cache(cfg: ModelConfig, batch: int, max_len: int, dtype, device) -> KVCache:
+    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    # zeros, not empty: masked-out positions still enter SDPA's matmul, and 0 * NaN garbage would be NaN
+    return KVCache(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device),
+                   torch.zeros(batch, dtype=torch.int32, device=device))
+
+
+def attention_backend(device) -> str:
+    """SEPT_ATTENTION=triton|torch; default triton on CUDA, torch on the CPU."""
+    backend = os.environ.get("SEPT_ATTENTION") or ("triton" if device.type == "cuda" else "torch")
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"SEPT_ATTENTION={backend!r}: expected 'triton' or 'torch'")
+    return backend
+
+
+@dataclass
+class Step:
+    """What every layer's attention needs for one forward, worked out once rather than once per layer."""
+    positions: torch.Tensor             # (B, T) position of each input token
+    cache: KVCache | None = None        # None: a plain causal forward (training)
+    backend: str = "torch"              # attention_backend()
+    rows: torch.Tensor | None = None    # (B, 1) row index for writing k/v into the cache
+    lens: torch.Tensor | None = None    # (B,) decode: cache positions each row attends to
+    mask: torch.Tensor | None = None    # (B, 1, 1, S) decode with torch: which cache positions are valid
+
+
+def make_step(positions, cache: KVCache | None) -> Step:
+    step = Step(positions, cache, attention_backend(positions.device))
+    if cache is not None:
+        B, T = positions.shape
+        step.rows = torch.arange(B, device=positions.device)[:, None]
+        if T == 1:
+            step.lens = positions[:, 0] + 1
+            if step.backend == "torch":
+                step.mask = (torch.arange(cache.filled, device=positions.device) < step.lens[:, None])[:, None, None]
+    return step
+
+
+def attention(q, k, v, step: Step, layer: int):
+    """The one attention function. q: (B, T, Hq, D); k, v: (B, T, Hkv, D).
+
+    No cache: plain causal attention (training, full forward). With a cache, k/v are written at their
+    positions first; T > 1 is a prefill of right-padded prompts from position 0, T == 1 a decode step
+    against the row's cached prefix (rows sit at different positions)."""
+    cache = step.cache
+    if cache is not None:
+        cache.k[layer][step.rows, step.positions] = k
+        cache.v[layer][step.rows, step.positions] = v
+    if cache is not None and q.shape[1] == 1:
+        K, V = cache.k[layer, :, :cache.filled], cache.v[layer, :, :cache.filled]  # (B, S, Hkv, D)
+        if step.backend == "triton":
+            return triton_kernels.attention_decode(q[:, 0], K, V, step.lens)[:, None]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), K.transpose(1, 2), V.transpose(1, 2),
+                                             attn_mask=step.mask, enable_gqa=True)
+        return out.transpose(1, 2)
+    if cache is not None and step.backend == "triton":
+        return triton_kernels.attention_prefill(q, k, v)
+    # right padding + causality: a valid position never looks at padding, so no extra mask is needed
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         is_causal=True, enable_gqa=True)
+    return out.transpose(1, 2)                                                     # (B, T, Hq, D)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The network.
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):  # normalize in fp32 like HF, scale in the input's dtype
+        h = x.float()  # (F.rms_norm is no faster on the CPU, and 2x slower at the toy's evaluation batch)
+        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer, self.Hq, self.Hkv, self.D = layer, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.Hq * self.D, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.Hkv * self.D, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.Hkv * self.D, bias=bias)
+        self.o_proj = nn.Linear(self.Hq * self.D, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, step: Step):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.Hq, self.D)
+        k = self.k_proj(x).view(B, T, self.Hkv, self.D)
+        v = self.v_proj(x).view(B, T, self.Hkv, self.D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = attention(q, k, v, step, self.layer)                     # (B, T, Hq, D)
+        return self.o_proj(y.reshape(B, T, self.Hq * self.D))
+
+
+class MLP(nn.Module):  # SwiGLU
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = SelfAttention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, step: Step):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, step)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
+            layers=nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)),
+            norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)))
+        # a tied head has no weight of its own: head_weight is the embedding matrix
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.checkpoint_layers = False  # per-layer activation checkpointing, switched on by train.py
+
+    @property
+    def head_weight(self) -> torch.Tensor:  # (vocab, hidden)
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def hidden_states(self, input_ids, cache: KVCache | None = None, positions=None):
+        """Final-norm hidden states (B, T, hidden). positions (B, T) default to 0..T-1 for every row."""
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(self.config, positions, x.dtype)
+        step = make_step(positions, cache)
+        for layer in self.model.layers:
+            if self.checkpoint_layers and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, step, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, step)
+        return self.model.norm(x)
+
+    def forward(self, input_ids):
+        """A full causal forward without a cache: logits (B, T, vocab)."""
+        return F.linear(self.hidden_states(input_ids), self.head_weight)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading and saving HF-format checkpoints.
+
+def read_config(path: str) -> ModelConfig:
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise CheckpointError(f"{path}: no config.json (expected a Hugging Face checkpoint folder)")
+    try:
+        with open(file) as f:
+            hf = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    return config_from_hf(hf, file)
+
+
+def checkpoint_files(path: str) -> list[str]:
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        for shard in shards:
+            if not os.path.isfile(os.path.join(path, shard)):
+                raise CheckpointError(f"{index}: shard {shard} is named in the index but absent")
+        return [os.path.join(path, s) for s in shards]
+    single = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(single):
+        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    return [single]
+
+
+def load_model(path: str, device="cpu", dtype=None) -> Transformer:
+    """Strict load: every tensor used, every parameter filled, shapes equal. dtype None = the stored dtype.
+
+    The model is built on the meta device and materialized once in the target dtype; tensors then stream
+    one at a time from the (memory-mapped) files, so the peak is about one copy of the weights."""
+    cfg = read_config(path)
+    dtype = dtype or DTYPES[cfg.dtype]
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = model.to(dtype).to_empty(device=device)
+    params = dict(model.named_parameters())
+    filled = set()
+    for file in checkpoint_files(path):
+        try:
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                        continue  # some tied checkpoints also store the head; the embedding is the source
+                    if name not in params:
+                        raise CheckpointError(f"{file}: unexpected tensor {name}")
+                    tensor = f.get_tensor(name)
+                    if tuple(tensor.shape) != tuple(params[name].shape):
+                        raise CheckpointError(f"{file}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                              f"the config implies {tuple(params[name].shape)}")
+                    with torch.no_grad():
+                        params[name].copy_(tensor)
+                    filled.add(name)
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors' errors for truncated or corrupt files
+            raise CheckpointError(f"{file}: cannot read safetensors ({e})") from None
+    missing = sorted(set(params) - filled)
+    if missing:
+        raise CheckpointError(f"{path}: tensors missing from the checkpoint: {', '.join(missing[:8])}"
+                              + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+    return model.eval()
+
+
+def save_model(model: Transformer, path: str, max_shard_bytes: int = 4 << 30, copy_from: str | None = None):
+    """Write config.json + safetensors with HF names into `path`, via a temporary folder renamed into place.
+
+    copy_from: a checkpoint folder whose tokenizer and generation files are copied along."""
+    tmp, old = path.rstrip("/") + ".tmp", path.rstrip("/") + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    tensors = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters()}
+    dtype = next(iter(tensors.values())).dtype
+    hf = dict(model.config.hf_config or hf_config_from(model.config))
+    hf["tie_word_embeddings"] = model.config.tie_word_embeddings
+    for key in [k for k in ("torch_dtype", "dtype") if k in hf] or ["torch_dtype"]:
+        hf[key] = str(dtype).removeprefix("torch.")
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2)
+    shards, size = [{}], 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        weight_map = {t: n for n, shard in zip(names, shards) for t in shard}
+        for n, shard in zip(names, shards):
+            save_file(shard, os.path.join(tmp, n), metadata={"format": "pt"})
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    for name in TOKENIZER_FILES if copy_from else ():
+        if os.path.isfile(os.path.join(copy_from, name)):
+            shutil.copy(os.path.join(copy_from, name), os.path.join(tmp, name))
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(path):
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def hf_config_from(cfg: ModelConfig) -> dict:
+    """A config.json for a model built here from scratch (the toy), in transformers' 4.x form."""
+    hf = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("hf_config", "dtype", "rope_scaling")}
+    hf.update(architectures=["LlamaForCausalLM" if cfg.model_type == "llama" else "Qwen2ForCausalLM"],
+              hidden_act="silu", rope_scaling=cfg.rope_scaling and {"rope_type": "llama3", **cfg.rope_scaling})
+    return hf
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokenizer: a thin wrapper over `tokenizers`, plus the stop ids a checkpoint declares.
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+                   "chat_template.jinja")
+# Chat-turn terminators: Qwen base checkpoints declare <|endoftext|> but end chat turns with <|im_end|>.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
+
+
+@dataclass
+class Tokenizer:
+    tok: object                     # tokenizers.Tokenizer
+    stop_ids: tuple[int, ...] = ()  # generation ends at the first of these
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    from tokenizers import Tokenizer as HFTokenizer
+    file = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(file):
+        raise CheckpointError(f"{path}: no tokenizer.json")
+    tok = HFTokenizer.from_file(file)
+    stop = []
+    for name in ("generation_config.json", "config.json"):
+        if os.path.isfile(os.path.join(path, name)):
+            with open(os.path.join(path, name)) as f:
+                eos = json.load(f).get("eos_token_id")
+            stop += eos if isinstance(eos, list) else [eos] if eos is not None else []
+    if os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+        with open(os.path.join(path, "tokenizer_config.json")) as f:
+            eos = json.load(f).get("eos_token")
+        eos = eos.get("content") if isinstance(eos, dict) else eos
+        stop.append(tok.token_to_id(eos) if eos else None)
+    stop += [tok.token_to_id(t) for t in END_OF_TURN_TOKENS]
+    return Tokenizer(tok, tuple(dict.fromkeys(i for i in stop if i is not None)))

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# tests/gpu.sh — the one GPU check, run once from the repo root on a machine with an NVIDIA GPU (no internet):
+#
+#     bash tests/gpu.sh            # ~4-5 minutes; at most ~7 (every stage has a hard timeout)
+#
+# 1. the machine: nvidia-smi, python / torch / triton / transformers versions;
+# 2. the test files with CUDA tests (compiled Triton kernels against their references, sampling, training,
+#    one tiny SePT run on the GPU). TRITON_INTERPRET=0: conftest.py would otherwise switch on Triton's CPU
+#    interpreter, and the kernels under test must be the compiled ones;
+# 3. bench.py at GPU sizes, the 1.5B sampling rows with 256 new tokens (transformers' generate at ~25-40 ms per
+#    step would spend minutes on 1,024) and the decode-step roofline at the 2K context of the target.
+# Writes $OUT/bench.json and $OUT/gpu.log ($OUT: the folder the device tool brings back; ./ when unset).
+# A failing stage does not stop the next one; the exit status is the first failure's.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-.}"
+mkdir -p "$OUT"
+if [ "$OUT" = "." ]; then JSON=bench-gpu.json; LOG=gpu.log; else JSON="$OUT/bench.json"; LOG="$OUT/gpu.log"; fi
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 TOKENIZERS_PARALLELISM=false
+status=0
+
+stage() {  # stage NAME SECONDS COMMAND...: run with a hard timeout, report its status and time, keep going
+    local name=$1 limit=$2 t0=$SECONDS rc
+    shift 2
+    echo "=== $name (timeout ${limit}s): $*"
+    timeout --kill-after=10 "$limit" "$@"
+    rc=$?
+    [ $rc -eq 124 ] && echo "=== $name: TIMED OUT after ${limit}s"
+    echo "=== $name: exit $rc in $((SECONDS - t0))s"
+    [ $status -eq 0 ] && status=$rc
+    return 0
+}
+
+{
+    stage nvidia-smi 15 nvidia-smi
+    stage versions 30 python -c "import sys, torch, triton, transformers as t; print('python', sys.version.split()[0],
+        'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers',
+        t.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')"
+    stage tests 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_sample.py \
+        tests/test_train.py tests/test_model.py tests/test_sept_loop.py::test_whole_run_writes_every_output
+    # --budget-s: no new row starts after 220 s, so the 270 s timeout only ever cuts a row already running;
+    # the JSON is rewritten after every row, so what was measured survives either way.
+    stage bench 270 python bench.py --only kernels,sampling,training,round --out "$JSON" --budget-s 220 \
+        --gpu-sizes 1,128,256 --gpu-prompt-tokens 512 --gpu-new-tokens 256 --decode-context 2048
+    echo "=== done in ${SECONDS}s, status $status; $JSON and $LOG"
+    exit $status  # the braces run in a subshell (the pipe): hand the status out through the pipeline
+} 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"

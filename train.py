@@ -1,0 +1,452 @@
+"""train.py — how we fit answers: fine-tuning on (prompt, response) token pairs, loss on the response only.
+
+SePT's inner step (arXiv 2510.18814, Eq. 1) is plain cross-entropy on the model's own answers with the logits
+divided by the training temperature τt. `train_step` is ONE AdamW update on a list of pairs (micro-batched
+inside); sept_loop.py calls it µ times per round. The CLI runs plain SFT on {"prompt": ..., "response": ...}
+lines and writes an HF-format checkpoint.
+
+    python train.py --model data/toy --data pairs.jsonl --out out/sft --lr 1e-3 --epochs 2       # CPU, seconds
+    python train.py --model Qwen2.5-Math-1.5B --data pairs.jsonl --out out/sft --lr 1e-6 \\
+        --batch-size 64 --activation-checkpointing                                                # one GPU
+
+Precision: fp32 master weights and fp32 AdamW state; forward and backward under bf16 autocast on CUDA, plain
+fp32 on the CPU; sampling from a bf16 copy refreshed in place after training (`make_sampler`, `refresh_sampler`).
+The paper's lr 1e-7 is why: measured on CPU, AdamW at lr 1e-7 on bf16 weights moved 0.12 % of them in 10
+steps, on fp32 weights 99.9 % (bf16 keeps 8 significant bits: a step below ~0.2 % of a weight rounds away).
+"""
+import argparse
+import contextlib
+import inspect
+import json
+import math
+import os
+import re
+import time
+import typing
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Literal
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from model import Transformer, load_model, load_tokenizer, save_model
+
+IGNORE = -100  # target of prompt and padding positions: no loss there (the same value as HF's labels)
+Pair = tuple[list[int], list[int]]  # (prompt ids, response ids): EOS last when generated; cut-off ones kept whole
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-7                    # peak learning rate (the paper's; the toy world wants ~1e-3)
+    warmup_steps: int = 0               # updates of linear warmup from lr/warmup_steps up to lr (0 = none)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after warmup; cosine decays to min_lr at total_steps
+    min_lr: float = 0.0                 # floor of the cosine decay
+    total_steps: int = 0                # updates in the cosine schedule (0: the CLI counts its batches)
+    weight_decay: float = 0.01          # AdamW's decoupled decay, on every parameter
+    beta1: float = 0.9                  # AdamW β1
+    beta2: float = 0.999                # AdamW β2
+    eps: float = 1e-8                   # AdamW ε
+    grad_clip: float = 1.0              # global gradient-norm clip (0 = no clipping; the norm is still reported)
+    tau_t: float = 1.0                  # τt: training temperature, logits / τt before the softmax
+    loss: Literal["ce", "em"] = "ce"    # ce: SePT, cross-entropy on own answers; em: EM-FT, minimize entropy
+    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"  # see loss_weights
+    micro_batch_tokens: int = 16384     # padded tokens per micro-batch (forward + backward at once)
+    loss_chunk_rows: int = 4096         # token rows per chunk of the vocabulary-sized logits in the loss
+    activation_checkpointing: bool = False  # recompute layers in backward: less memory, ~1/3 more compute
+    epochs: int = 1                     # passes over the data (CLI)
+    batch_size: int = 16                # pairs per optimizer update (CLI)
+
+    def __post_init__(self):  # API callers get the CLI's checks on the Literal fields too
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            kind = hints[f.name]
+            if typing.get_origin(kind) is Literal and getattr(self, f.name) not in typing.get_args(kind):
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r}: expected one of {typing.get_args(kind)}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI flags from a dataclass: `max_new_tokens` <-> `--max-new-tokens`, defaults and help from the class.
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, aliases: dict[str, str] | None = None) -> None:
+    """One flag per field: bool as --flag/--no-flag, Literal as choices, `X | None` accepts "none".
+    aliases: extra option strings for some fields, e.g. {"n": "-n"}."""
+    helps = {}
+    for klass in reversed(cls.__mro__):  # the trailing comment of each field line is its help
+        with contextlib.suppress(OSError, TypeError):
+            helps.update(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.*)$", inspect.getsource(klass), re.M))
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        kind, default = hints[f.name], f.default if f.default is not MISSING else f.default_factory()
+        kw = dict(default=default, help=helps.get(f.name, "").replace("%", "%%"))
+        args = typing.get_args(kind)
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is Literal:
+            kw.update(choices=args, type=type(args[0]))
+        elif type(None) in args and len(args) == 2:  # Optional[int|float|str]
+            inner = args[0] if args[1] is type(None) else args[1]
+            kw["type"] = lambda s, inner=inner: None if s.lower() == "none" else inner(s)
+        elif kind in (int, float, str):
+            kw["type"] = kind
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for type {kind}")
+        names = ["--" + f.name.replace("_", "-"), *([aliases[f.name]] if f.name in (aliases or {}) else [])]
+        parser.add_argument(*names, dest=f.name, **kw)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+    """cls built from the attributes of `args` named like its fields (others are ignored)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The learning rate: a pure function of the update index, written into the optimizer each step.
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """step 0, 1, ...: lr·(step+1)/warmup_steps during warmup, then lr (constant) or a cosine from lr at
+    step = warmup_steps down to min_lr at step >= total_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.total_steps <= cfg.warmup_steps:
+        raise ValueError(f"cosine schedule needs total_steps > warmup_steps, got {cfg.total_steps}")
+    progress = min(1.0, (step - cfg.warmup_steps) / (cfg.total_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loss head: per-token CE or entropy of softmax(hidden @ W.T / τ) without (tokens, vocab) logits.
+
+def chunk_logits(h, w, tau: float):  # (n, H) @ (V, H).T -> (n, V): matmul in w's dtype, the rest in fp32
+    return (h.to(w.dtype) @ w.T).float().div_(tau)
+
+
+class HeadLoss(torch.autograd.Function):
+    """Per-row loss, CE against `targets` ("ce") or the entropy ("em"), over chunks of `chunk_rows` rows.
+
+    Forward keeps only per-row stats (logsumexp, and the loss itself for "em"); backward recomputes each
+    chunk's logits. Under autocast the two matmuls run in the autocast dtype (bf16), the softmax math in fp32,
+    and the weight's gradient is accumulated over chunks in fp32."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, tau: float, kind: str, chunk_rows: int):
+        dev = hidden.device.type  # hidden (N, H) and targets (N,): only rows that have a target
+        ctx.dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
+        w, N = weight.to(ctx.dtype), hidden.shape[0]
+        loss, lse = (torch.empty(N, device=hidden.device) for _ in range(2))
+        with torch.autocast(dev, enabled=False):
+            for s in range(0, N, chunk_rows):
+                z = chunk_logits(hidden[s:s + chunk_rows], w, tau)                      # (n, V) fp32
+                lse[s:s + chunk_rows] = m = z.logsumexp(-1)
+                if kind == "ce":    # -log p(target) = lse - z_target
+                    loss[s:s + chunk_rows] = m - z.gather(1, targets[s:s + chunk_rows, None])[:, 0]
+                else:               # entropy = -Σ p log p = lse - Σ p z
+                    loss[s:s + chunk_rows] = m - (z.sub(m[:, None]).exp_() * z).sum(-1)
+        ctx.save_for_backward(hidden, weight, targets, lse, loss)
+        ctx.tau, ctx.kind, ctx.chunk_rows = tau, kind, chunk_rows
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden, weight, targets, lse, loss = ctx.saved_tensors
+        C, dev, w = ctx.chunk_rows, hidden.device.type, weight.to(ctx.dtype)
+        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        with torch.autocast(dev, enabled=False):
+            for s in range(0, hidden.shape[0], C):
+                h = hidden[s:s + C].to(ctx.dtype)
+                logp = chunk_logits(h, w, ctx.tau).sub_(lse[s:s + C, None])             # (n, V) fp32
+                if ctx.kind == "ce":  # d(-log p_t)/dz = p - onehot(t), built in place: one (n, V) buffer
+                    g = logp.exp_().scatter_add_(1, targets[s:s + C, None], torch.full_like(logp[:, :1], -1.0))
+                else:                 # dH/dz_j = -p_j (log p_j + H)
+                    g = logp.add(loss[s:s + C, None]).mul_(logp.exp()).neg_()
+                g = g.mul_((grad_loss[s:s + C] / ctx.tau)[:, None]).to(ctx.dtype)      # chain rule through z/τ
+                if grad_h is not None:
+                    grad_h[s:s + C] = g @ w
+                if grad_w is not None:
+                    grad_w += (g.T @ h).float()
+        return grad_h, grad_w if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
+
+
+def token_losses(model: Transformer, inputs, targets, tau: float, kind: str, chunk_rows: int) -> torch.Tensor:
+    """(N,) per-token loss for the N positions with a target != IGNORE, in row-major order."""
+    hidden = model.hidden_states(inputs)                                                # (B, T, H)
+    mask = targets != IGNORE  # select first: prompt and padding rows never go through the head
+    return HeadLoss.apply(hidden[mask], model.head_weight, targets[mask], tau, kind, chunk_rows)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data path: pairs -> micro-batches of right-padded (inputs, targets), and the per-token weights.
+
+def check_pairs(pairs: list[Pair], max_len: int) -> None:
+    for i, (prompt, response) in enumerate(pairs):
+        if not prompt or not response:
+            raise ValueError(f"pair {i}: empty prompt or response ({len(prompt)} + {len(response)} tokens)")
+        if len(prompt) + len(response) > max_len:
+            raise ValueError(f"pair {i}: {len(prompt)} prompt + {len(response)} response tokens exceed the "
+                             f"context of {max_len} (max_position_embeddings)")
+
+
+def loss_weights(response_lens: list[int], agg: str) -> list[float]:
+    """THE aggregation choice: the weight of every response token of pair i in one update's loss.
+
+    token-mean:          Σ_i Σ_t ℓ_it / Σ_i |y_i|  (the gradient does not depend on the micro-batch split)
+    seq-mean-token-sum:  Σ_i Σ_t ℓ_it / B          (the paper's Eq. 1)
+    seq-mean-token-mean: Σ_i (Σ_t ℓ_it / |y_i|) / B"""
+    B, n = len(response_lens), sum(response_lens)
+    if agg == "token-mean":
+        return [1.0 / n] * B
+    if agg == "seq-mean-token-sum":
+        return [1.0 / B] * B
+    if agg == "seq-mean-token-mean":
+        return [1.0 / (B * k) for k in response_lens]
+    raise ValueError(f"loss_agg={agg!r}: expected token-mean, seq-mean-token-sum or seq-mean-token-mean")
+
+
+def micro_batches(lens: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped longest first so that count × longest <= max_tokens (a longer sequence goes alone):
+    like lengths share a micro-batch, which keeps padding small."""
+    groups = []
+    for i in sorted(range(len(lens)), key=lambda i: -lens[i]):
+        if groups and (len(groups[-1]) + 1) * lens[groups[-1][0]] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def make_batch(pairs: list[Pair], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded inputs = seq[:-1] and targets = seq[1:], each (B, T), with IGNORE on the prompt and padding
+    targets: the loss sees exactly the response tokens, its EOS included when it was generated."""
+    T = max(len(p) + len(r) for p, r in pairs) - 1
+    inputs = torch.zeros(len(pairs), T, dtype=torch.long)  # pad id 0: causal, so padding never reaches a target
+    targets = torch.full((len(pairs), T), IGNORE, dtype=torch.long)
+    for i, (prompt, response) in enumerate(pairs):
+        seq = torch.tensor(prompt + response)
+        inputs[i, :len(seq) - 1] = seq[:-1]
+        targets[i, len(prompt) - 1:len(seq) - 1] = seq[len(prompt):]
+    return inputs.to(device), targets.to(device)
+
+
+def autocast(device):  # bf16 on CUDA; fp32 on the CPU, where bf16 matmuls are slow and tests want exactness
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def loss_and_grad(model: Transformer, pairs: list[Pair], cfg: TrainConfig, tau_t: float | None = None):
+    """Forward + backward over `pairs` in micro-batches, adding into .grad; returns the aggregated loss (0-dim)."""
+    tau = cfg.tau_t if tau_t is None else tau_t
+    if not tau > 0:
+        raise ValueError(f"tau_t must be > 0, got {tau}")
+    check_pairs(pairs, model.config.max_position_embeddings)
+    weights = loss_weights([len(r) for _, r in pairs], cfg.loss_agg)
+    device = model.head_weight.device
+    model.checkpoint_layers = cfg.activation_checkpointing
+    total = torch.zeros((), device=device)
+    for group in micro_batches([len(p) + len(r) - 1 for p, r in pairs], cfg.micro_batch_tokens):
+        inputs, targets = make_batch([pairs[i] for i in group], device)
+        w = torch.tensor([weights[i] for i in group], device=device)[:, None].expand(targets.shape)
+        with autocast(device):
+            losses = token_losses(model, inputs, targets, tau, cfg.loss, cfg.loss_chunk_rows)
+        part = (losses * w[targets != IGNORE]).sum()
+        part.backward()
+        total += part.detach()
+    return total
+
+
+@torch.no_grad()
+def sequence_losses(model: Transformer, pairs: list[Pair], cfg: TrainConfig,
+                    tau_t: float | None = None) -> list[float]:
+    """Per pair, the response's summed per-token loss at τt: -log p(response | prompt) for "ce", the summed
+    entropy for "em". No gradients."""
+    check_pairs(pairs, model.config.max_position_embeddings)
+    device, out = model.head_weight.device, [0.0] * len(pairs)
+    for group in micro_batches([len(p) + len(r) - 1 for p, r in pairs], cfg.micro_batch_tokens):
+        inputs, targets = make_batch([pairs[i] for i in group], device)
+        with autocast(device):
+            losses = token_losses(model, inputs, targets, cfg.tau_t if tau_t is None else tau_t, cfg.loss,
+                                  cfg.loss_chunk_rows)
+        rows = (targets != IGNORE).nonzero()[:, 0]
+        for i, s in zip(group, torch.zeros(len(group), device=device).index_add_(0, rows, losses).tolist()):
+            out[i] = s
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Optimizer, one update, the sampling copy, and optimizer state on disk.
+
+def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
+    params = list(model.parameters())
+    if any(p.dtype != torch.float32 for p in params):  # lr 1e-7 updates vanish in bf16 weights (see top)
+        raise ValueError("training needs fp32 master weights: load_model(path, device, torch.float32); "
+                         "sample from make_sampler(model, torch.bfloat16)")
+    return torch.optim.AdamW(params, lr=lr_at(0, cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, fused=params[0].device.type == "cuda" or None)
+
+
+def train_step(model: Transformer, optimizer: torch.optim.AdamW, pairs: list[Pair], step: int, cfg: TrainConfig,
+               tau_t: float | None = None) -> dict:
+    """ONE optimizer update on `pairs` (update index `step`, for the lr). tau_t overrides cfg.tau_t.
+    Returns {loss, grad_norm (before clipping), lr, tokens (response), seq_tokens, skipped, seconds, tok_per_s}."""
+    t0 = time.perf_counter()
+    # 1. the lr of this step, written into the optimizer
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    # 2. forward + backward over micro-batches; each token's weight comes from the whole update's batch
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_and_grad(model, pairs, cfg, tau_t)
+    # 3. global-norm clipping (returns the norm before clipping)
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    # 4. a non-finite loss or gradient never reaches the weights (nor AdamW's moments): skip the update
+    loss, grad_norm = loss.item(), grad_norm.item()
+    skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    if not skipped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if params and params[0].device.type == "cuda":
+        torch.cuda.synchronize()  # honest seconds: the optimizer step ran asynchronously
+    seconds = time.perf_counter() - t0
+    seq_tokens = sum(len(p) + len(r) for p, r in pairs)
+    return dict(loss=loss, grad_norm=grad_norm, lr=lr, tokens=sum(len(r) for _, r in pairs), seq_tokens=seq_tokens,
+                skipped=skipped, seconds=seconds, tok_per_s=seq_tokens / seconds)
+
+
+def make_sampler(master: Transformer, dtype: torch.dtype) -> Transformer:
+    """A copy of `master` in `dtype` for sampling. When dtype is the master's own (fp32 on the CPU) the sampler
+    IS the master: one copy serves both and refresh_sampler does nothing."""
+    if dtype == master.head_weight.dtype:
+        return master
+    with torch.device("meta"):
+        sampler = Transformer(master.config)
+    sampler = sampler.to(dtype).to_empty(device=master.head_weight.device)
+    refresh_sampler(master, sampler)
+    return sampler.eval()
+
+
+@torch.no_grad()
+def refresh_sampler(master: Transformer, sampler: Transformer) -> None:
+    """Copy (and cast) the master weights into the sampler's existing storage: no reallocation."""
+    if sampler is master:
+        return
+    src, dst = dict(master.named_parameters()), dict(sampler.named_parameters())
+    if src.keys() != dst.keys():
+        raise ValueError(f"sampler and master differ in parameters: {sorted(src.keys() ^ dst.keys())[:4]}")
+    for name, p in dst.items():
+        p.copy_(src[name])
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
+    """The optimizer state as one safetensors file: tensor `{i}.{key}` (exp_avg, exp_avg_sq, step) for the i-th
+    parameter in optimizer order, a JSON header (shapes, hyperparameters) in its metadata; written to
+    path.tmp and renamed. Not torch.save: loading a pickle can run arbitrary code."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, p in enumerate(params)
+               for k, v in optimizer.state.get(p, {}).items()}
+    header = dict(format="sept-optimizer", kind=type(optimizer).__name__, shapes=[list(p.shape) for p in params],
+                  param_groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
+    save_file(tensors, path + ".tmp", metadata={"sept": json.dumps(header, default=str)})
+    os.replace(path + ".tmp", path)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
+    """Restore what save_optimizer wrote into an optimizer over the same parameters. Hyperparameters stay those
+    the optimizer was built with (the lr is rewritten every step anyway)."""
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            header = json.loads((f.metadata() or {})["sept"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # missing file, not safetensors, no sept header
+        raise ValueError(f"{path}: cannot read an optimizer state written by save_optimizer ({e!r})") from None
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if header["shapes"] != [list(p.shape) for p in params]:
+        raise ValueError(f"{path}: saved for {len(header['shapes'])} parameters of other shapes than this "
+                         f"optimizer's {len(params)}")
+    state = {}
+    for name, t in tensors.items():
+        i, key = name.split(".", 1)
+        state.setdefault(int(i), {})[key] = t
+    groups, i = [], 0
+    for g in optimizer.param_groups:
+        n = len(g["params"])
+        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + n))})
+        i += n
+    optimizer.load_state_dict({"state": state, "param_groups": groups})  # moves tensors to the params' devices
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI: plain SFT on a jsonl of {"prompt": ..., "response": ...}.
+
+@dataclass
+class SFTConfig(TrainConfig):
+    model: str = "data/toy"             # checkpoint folder (HF format) to start from
+    data: str = "pairs.jsonl"           # one {"prompt": "...", "response": "..."} object per line
+    out: str = "out/sft"                # folder for the fine-tuned checkpoint (HF format, replaced atomically)
+    eos: bool = True                    # append the first stop id to each response: the model learns to stop
+    device: str = ""                    # "" = cuda when available, else cpu
+    seed: int = 0                       # order of the pairs in each epoch
+
+
+def read_pairs(path: str, tokenizer, eos_ids: list[int], max_len: int) -> list[Pair]:
+    """Tokenize each line's prompt and response separately (text as written, no chat template); errors name
+    the file and line. A pair longer than the context is an error, never silently truncated."""
+    pairs = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            row = row if isinstance(row, dict) else {}
+            missing = [k for k in ("prompt", "response") if not isinstance(row.get(k), str)]
+            if missing:
+                raise ValueError(f"{path}:{n}: missing or non-string field {', '.join(missing)}")
+            if not row["response"] or not row["prompt"]:
+                raise ValueError(f"{path}:{n}: empty {'response' if not row['response'] else 'prompt'}")
+            prompt, response = tokenizer.encode(row["prompt"]), tokenizer.encode(row["response"]) + eos_ids
+            if len(prompt) + len(response) > max_len:
+                raise ValueError(f"{path}:{n}: {len(prompt)} prompt + {len(response)} response tokens exceed the "
+                                 f"model's context of {max_len} tokens")
+            pairs.append((prompt, response))
+    if not pairs:
+        raise ValueError(f"{path}: no pairs")
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataclass_args(parser, SFTConfig)
+    cfg = dataclass_from_args(SFTConfig, parser.parse_args(argv))
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokenizer = load_tokenizer(cfg.model)
+    net = load_model(cfg.model, device, torch.float32)  # fp32 master weights
+    if cfg.eos and not tokenizer.stop_ids:
+        raise ValueError(f"{cfg.model}: the tokenizer declares no stop id to append; pass --no-eos")
+    pairs = read_pairs(cfg.data, tokenizer, list(tokenizer.stop_ids[:1]) if cfg.eos else [],
+                       net.config.max_position_embeddings)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = [[pairs[i] for i in order[s:s + cfg.batch_size]]
+               for order in (torch.randperm(len(pairs), generator=gen).tolist() for _ in range(cfg.epochs))
+               for s in range(0, len(pairs), cfg.batch_size)]
+    cfg.total_steps = cfg.total_steps or len(batches)
+    print(json.dumps(asdict(cfg)))
+    optimizer = make_optimizer(net, cfg)
+    for step, batch in enumerate(tqdm(batches, desc="train")):
+        st = train_step(net, optimizer, batch, step, cfg)
+        tqdm.write(f"step {step} loss {st['loss']:.4f} grad_norm {st['grad_norm']:.4f} lr {st['lr']:.3e} "
+                   f"tok/s {st['tok_per_s']:.0f}" + (" skipped (non-finite)" if st["skipped"] else ""))
+    save_model(net, cfg.out, copy_from=cfg.model)
+    with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
+        json.dump(asdict(cfg), f, indent=2)
+    print(f"saved {cfg.out}")
+
+
+if __name__ == "__main__":
+    main()
