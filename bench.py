@@ -237,22 +237,25 @@ def hf_generate(twin, prompts: list[list[int]], n: int, seed: int = 0):
 @torch.inference_mode()
 def decode_step(net, batch: int, context: int, steps: int, warm: int = 3) -> tuple[float, float]:
     """(seconds per decode step, mean cached tokens), the step timed in isolation: a cache holding `context`
-    tokens (zeros: the values do not change the work), then generate's own step — one token per row through the
-    model, the head and the sampler — `steps` times after `warm`. Differencing two whole generate runs would
-    measure the same, at the price of a second run, and with the prefill's noise in both."""
+    tokens (zeros: the values do not change the work), then generate's own step — sample.decode_function (a
+    replayed CUDA graph on CUDA, as generate uses it) and the sampler — `steps` times after `warm`. Differencing
+    two whole generate runs would measure the same, at the price of a second run, with the prefill's noise in both."""
     cfg, dev = net.config, net.head_weight.device
+    graph = dev.type == "cuda" and model_lib.attention_backend(dev) == "triton"
     cache = model_lib.new_kv_cache(cfg, batch, context + warm + steps + 1, net.head_weight.dtype, dev)
     cache.lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
-    cache.filled = context
+    cache.filled = cache.k.shape[2] if graph else context
+    decode = sample.decode_function(net, cache, graph)
     tok = torch.zeros(batch, dtype=torch.long, device=dev)
     g = torch.Generator(device=dev).manual_seed(0)
 
     def step():
         nonlocal tok
-        cache.filled += 1  # every row sits at position cache.lens; attention reads [0, position]
-        h = net.hidden_states(tok[:, None], cache, cache.lens[:, None].long())
+        if not graph:
+            cache.filled += 1  # every row sits at position cache.lens; attention reads [0, position]
+        logits = decode(tok, cache.lens.long())
         cache.lens = cache.lens + 1
-        tok = sample.sample_next(sample.last_logits(net, h[:, 0]), 1.0, 1.0, g)
+        tok = sample.sample_next(logits, 1.0, 1.0, g)
 
     for _ in range(warm):
         step()

@@ -17,6 +17,7 @@ OUT="${OUT:-.}"
 mkdir -p "$OUT"
 if [ "$OUT" = "." ]; then JSON=bench-gpu.json; LOG=gpu.log; else JSON="$OUT/bench.json"; LOG="$OUT/gpu.log"; fi
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 TOKENIZERS_PARALLELISM=false
+PY=$(command -v python || command -v python3)  # GPU images often have only python3
 status=0
 
 stage() {  # stage NAME SECONDS COMMAND...: run with a hard timeout, report its status and time, keep going
@@ -33,14 +34,14 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a hard timeout, report its 
 
 {
     stage nvidia-smi 15 nvidia-smi
-    stage versions 30 python -c "import sys, torch, triton, transformers as t; print('python', sys.version.split()[0],
+    stage versions 30 $PY -c "import sys, torch, triton, transformers as t; print('python', sys.version.split()[0],
         'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers',
         t.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')"
-    stage tests 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_sample.py \
+    stage tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_sample.py \
         tests/test_train.py tests/test_model.py tests/test_sept_loop.py::test_whole_run_writes_every_output
     # --budget-s: no new row starts after 220 s, so the 270 s timeout only ever cuts a row already running;
     # the JSON is rewritten after every row, so what was measured survives either way.
-    stage bench 270 python bench.py --only kernels,sampling,training,round --out "$JSON" --budget-s 220 \
+    stage bench 270 $PY bench.py --only kernels,sampling,training,round --out "$JSON" --budget-s 220 \
         --gpu-sizes 1,128,256 --gpu-prompt-tokens 512 --gpu-new-tokens 256 --decode-context 2048
     echo "=== done in ${SECONDS}s, status $status; $JSON and $LOG"
     exit $status  # the braces run in a subshell (the pipe): hand the status out through the pipeline
