@@ -17,7 +17,7 @@ OUT="${OUT:-.}"
 mkdir -p "$OUT"
 if [ "$OUT" = "." ]; then JSON=bench-gpu.json; LOG=gpu.log; else JSON="$OUT/bench.json"; LOG="$OUT/gpu.log"; fi
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 TOKENIZERS_PARALLELISM=false
-PY=$(command -v python || command -v python3)  # GPU images often have only python3
+PY=$(command -v python3 || command -v python)  # the GPU image: python3 holds torch
 status=0
 
 stage() {  # stage NAME SECONDS COMMAND...: run with a hard timeout, report its status and time, keep going
