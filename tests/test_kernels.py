@@ -156,7 +156,8 @@ def test_auto_splits_fill_the_gpu(monkeypatch):
     monkeypatch.setattr(tk, "_sm_count", lambda index: 132)
     cuda = torch.device("cuda", 0)
     assert tk._auto_splits(3 * 2, 4096, 64, True, cuda) == 16       # few rows, long cache: split to 4-block pieces
-    assert tk._auto_splits(64 * 2, 4096, 64, True, cuda) == 4       # ~3 programs per SM
+    assert tk._auto_splits(16 * 2, 4096, 64, True, cuda) == 13      # ~3 programs per SM
+    assert tk._auto_splits(64 * 2, 4096, 64, True, cuda) == 1       # half the SMs busy: no merge to pay
     assert tk._auto_splits(256 * 8, 4096, 64, True, cuda) == 1      # the batch alone fills the GPU
     assert tk._auto_splits(1, 100, 64, True, cuda) == 1             # too short to split
 
