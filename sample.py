@@ -181,7 +181,7 @@ class SampleConfig:
     template: str = "toy"          # prompt template (data/prompts.py): toy, raw, qwen-math, qwen-instruct, chat
     temperature: float = 1.0       # 0 = greedy
     top_p: float = 1.0             # nucleus mass
-    max_new_tokens: int = 256
+    max_new_tokens: int = 0        # 0 = up to the model's context, at most 2,048
     n: int = 1                     # completions to draw
     seed: int = 0
     device: str = "auto"           # auto = cuda if available, else cpu
@@ -196,16 +196,14 @@ def main(argv=None):
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     dtype = model_lib.DTYPES[cfg.dtype] if cfg.dtype != "auto" else (
         torch.bfloat16 if device == "cuda" else torch.float32)
-    try:
-        from data import prompts as prompt_lib
-        model = model_lib.load_model(cfg.model, device=device, dtype=dtype)
-        tokenizer = model_lib.load_tokenizer(cfg.model)
-        text = prompt_lib.build_prompt(cfg.prompt, cfg.template, model_dir=cfg.model)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    from data import prompts as prompt_lib
+    model = model_lib.load_model(cfg.model, device=device, dtype=dtype)
+    tokenizer = model_lib.load_tokenizer(cfg.model)
+    text = prompt_lib.build_prompt(cfg.prompt, cfg.template, model_dir=cfg.model)
     ids = tokenizer.encode(text)
+    max_new = cfg.max_new_tokens or min(2048, model.config.max_position_embeddings - len(ids))
     t0 = time.time()
-    completions = generate(model, [ids] * cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+    completions = generate(model, [ids] * cfg.n, max_new_tokens=max_new, temperature=cfg.temperature,
                            top_p=cfg.top_p, eos_ids=tokenizer.stop_ids, seed=cfg.seed)
     seconds = time.time() - t0
     for i, c in enumerate(completions):
@@ -214,4 +212,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:  # a missing checkpoint, a prompt too long: one line, no traceback
+        raise SystemExit(f"error: {e}") from None

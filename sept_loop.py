@@ -71,7 +71,7 @@ class SePTConfig:
     top_p: float = 1.0                  # nucleus mass when sampling training answers
     max_prompt_tokens: int = 1024       # longer prompts are an error
     max_response_tokens: int = 64      # answers are cut here (and kept whole for training)
-    eval_every: int = 5                 # K: evaluate before training, every K rounds and at the end (0 = ends only)
+    eval_every: int = 2                 # K: evaluate before training, every K rounds and at the end (0 = ends only)
     eval_n: int = 32                    # n: answers per test question
     eval_temperature: float = 1.0       # τ_eval
     eval_max_questions: int = 0         # use the first N questions of each test file (0 = all)
@@ -473,5 +473,5 @@ def round_summary(m: dict) -> str:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError, model_lib.CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, OSError) as e:  # bad flags, files, checkpoints, question lines: one line, no traceback
+        raise SystemExit(f"error: {e}") from None

@@ -71,7 +71,9 @@ class TrainConfig:
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, aliases: dict[str, str] | None = None) -> None:
     """One flag per field: bool as --flag/--no-flag, Literal as choices, `X | None` accepts "none".
-    aliases: extra option strings for some fields, e.g. {"n": "-n"}."""
+    aliases: extra option strings for some fields, e.g. {"n": "-n"}. A bad flag is a one-line error (argparse
+    would print the usage of every flag first)."""
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
     helps = {}
     for klass in reversed(cls.__mro__):  # the trailing comment of each field line is its help
         with contextlib.suppress(OSError, TypeError):
@@ -449,4 +451,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:  # bad data, paths, checkpoints: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
