@@ -6,6 +6,7 @@ outside the modules: `sample.py` allocates one per generate call and passes it t
 
     python -c "import model; m = model.load_model('data/toy'); print(m.config)"
 """
+import functools
 import json
 import math
 import os
@@ -100,11 +101,19 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
 
 
 def rope_inv_freq(cfg: ModelConfig, device) -> torch.Tensor:
-    """Inverse frequencies (head_dim/2,) in fp32, with Llama 3's long-context rescaling when configured."""
-    D = cfg.head_dim
-    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D)
-    if cfg.rope_scaling:  # llama3: keep high frequencies, divide low ones by `factor`, blend in between
-        s = cfg.rope_scaling
+    """Inverse frequencies (head_dim/2,) in fp32, with Llama 3's long-context rescaling when configured.
+    Computed once per device and kept here rather than as a module buffer, which model.to(bf16) would round."""
+    scaling = tuple(sorted(cfg.rope_scaling.items())) if cfg.rope_scaling else None
+    return _inv_freq(cfg.head_dim, cfg.rope_theta, scaling, torch.device(device))
+
+
+@functools.lru_cache(maxsize=16)
+@torch.inference_mode(False)  # a plain tensor, reusable by training, even when first asked for while sampling
+@torch.no_grad()
+def _inv_freq(D: int, theta: float, scaling: tuple | None, device: torch.device) -> torch.Tensor:
+    inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D)
+    if scaling:  # llama3: keep high frequencies, divide low ones by `factor`, blend in between
+        s = dict(scaling)
         old_len, factor = s["original_max_position_embeddings"], s["factor"]
         wavelen = 2 * math.pi / inv_freq
         smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
