@@ -1,9 +1,10 @@
 """sample.py — how we draw answers: batched generation with a KV cache (prefill once, then decode).
 
 Prompts of different lengths are right-padded into one prefill; each row then decodes at its own position.
-Finished rows leave the batch (the cache is compacted at the periodic "all done?" check), because SePT's
-responses range from a few dozen to thousands of tokens. Sampling is one pure function with an explicit
-torch.Generator; temperature 0 is greedy.
+Finished rows stop costing compute, because SePT's responses range from a few dozen to thousands of tokens:
+eagerly (the CPU) they leave the batch, the cache compacted at the periodic "all done?" check; on the GPU the
+decode step is a replayed CUDA graph of fixed shape, so they stay and attend to a single cached position.
+Sampling is one pure function with an explicit torch.Generator; temperature 0 is greedy.
 
     python sample.py --prompt "12+47+30" -n 4 --temperature 0.6          # the toy model in data/toy, on CPU
     python sample.py --model ~/ckpt/Qwen2.5-Math-1.5B --template qwen-math --prompt "What is 2+3?"
