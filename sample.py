@@ -99,6 +99,8 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
         return []
     cfg, device = model.config, model.head_weight.device
     lengths = [len(p) for p in prompts]
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens is {max_new_tokens}; it must be 0 or more")
     if min(lengths) == 0:
         raise ValueError(f"prompt {lengths.index(0)} is empty")
     if max(lengths) + max_new_tokens > cfg.max_position_embeddings:
@@ -202,7 +204,8 @@ def main(argv=None):
     tokenizer = model_lib.load_tokenizer(cfg.model)
     text = prompt_lib.build_prompt(cfg.prompt, cfg.template, model_dir=cfg.model)
     ids = tokenizer.encode(text)
-    max_new = cfg.max_new_tokens or min(2048, model.config.max_position_embeddings - len(ids))
+    # 0 = what the context leaves, at least 1 so that a prompt filling the context is generate's clear error
+    max_new = cfg.max_new_tokens or max(1, min(2048, model.config.max_position_embeddings - len(ids)))
     t0 = time.time()
     completions = generate(model, [ids] * cfg.n, max_new_tokens=max_new, temperature=cfg.temperature,
                            top_p=cfg.top_p, eos_ids=tokenizer.stop_ids, seed=cfg.seed)

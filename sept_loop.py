@@ -286,13 +286,17 @@ def check_config(cfg: SePTConfig):
         raise ValueError("temperatures for training rounds must be > 0")
 
 
-def encode_questions(path, cfg, tokenizer, limit=0):
+def encode_questions(path, cfg, tokenizer, context: int, limit=0):
     qs = questions.load_questions(path)[:limit or None]
     ids = [tokenizer.encode(prompts.build_prompt(q.problem, cfg.template, model_dir=cfg.model)) for q in qs]
     for q, p in zip(qs, ids):
         if len(p) > cfg.max_prompt_tokens:
             raise ValueError(f"{path}: question {q.id} is {len(p)} tokens after the {cfg.template} template, "
                              f"over --max-prompt-tokens {cfg.max_prompt_tokens}")
+        if len(p) + cfg.max_response_tokens > context:  # found now, not in the middle of a round
+            raise ValueError(f"{path}: question {q.id} is {len(p)} tokens after the {cfg.template} template; with "
+                             f"--max-response-tokens {cfg.max_response_tokens} that exceeds the model's context "
+                             f"of {context} tokens")
     return qs, ids
 
 
@@ -335,7 +339,9 @@ def main(argv=None):
             start = json.load(f)["round"]
         print(f"resuming {cfg.out} after round {start} ({ckpt})")
     keep_metrics_until(cfg, start if cfg.resume else -1)
-    test_sets = {os.path.splitext(os.path.basename(p))[0]: encode_questions(p, cfg, tokenizer, cfg.eval_max_questions)
+    context = master.config.max_position_embeddings
+    test_sets = {os.path.splitext(os.path.basename(p))[0]:
+                 encode_questions(p, cfg, tokenizer, context, cfg.eval_max_questions)
                  for p in cfg.test_questions.split(",") if p}
 
     if cfg.sweep:  # the no-training baseline: the initial model at each temperature, best by AVG(pass@1,8,32)
@@ -348,7 +354,7 @@ def main(argv=None):
         print(f"best temperature {best['eval_temperature']} ({metric_text(best)})")
         return
 
-    train_qs, train_ids = encode_questions(cfg.train_questions, cfg, tokenizer)
+    train_qs, train_ids = encode_questions(cfg.train_questions, cfg, tokenizer, context)
     if start == 0:
         report_eval(cfg, 0, evaluate(sampler, test_sets, cfg, tokenizer, cfg.eval_temperature,
                                      round_seed(cfg, 0, "eval")))

@@ -148,3 +148,10 @@ def test_bad_input(make_checkpoint):
         sample.generate(m, [[1] * 200], max_new_tokens=100)
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         sample.generate(m, [[1], []], max_new_tokens=4)
+    with pytest.raises(ValueError, match="max_new_tokens is -3"):
+        sample.generate(m, [[1] * 200], max_new_tokens=-3)  # not a quiet empty answer
+
+
+def test_cli_prompt_longer_than_context_is_one_line(capsys):
+    with pytest.raises(ValueError, match="exceeds the model's context of 128"):  # the toy's context
+        sample.main(["--prompt", "1+" * 80 + "1"])

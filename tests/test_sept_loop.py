@@ -121,6 +121,8 @@ def test_cli_errors_are_one_line(make_checkpoint, tmp_path):
     assert r.returncode == 1 and "bad.jsonl line 2" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("--preset", "paper", "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and "needs --model" in r.stderr
+    r = run_cli("--max-response-tokens", "200", "--out", str(tmp_path / "o"))  # the toy's context is 128
+    assert r.returncode == 1 and "--max-response-tokens 200 that exceeds the model's context of 128" in r.stderr
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "data", "toy", "model.safetensors")),
