@@ -20,7 +20,6 @@ error and the bench goes on. Random weights are drawn with std 0.02, so bf16 act
 CPU figures need an otherwise idle machine: with other jobs running, use --threads 1 (two threads that wait for
 each other's time slices make every op ~100x slower).
 """
-import argparse
 import functools
 import gc
 import importlib
@@ -40,6 +39,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+import cli
 import model as model_lib
 import sample
 import train
@@ -175,12 +175,6 @@ def fmt(v) -> str:
     return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def write_json(path: str, report: dict):
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def run_row(report: dict, cfg: BenchConfig, section: str, name: str, fn):
     """One measurement: fn() returns a row (dict) or rows, which are printed, appended to report[section] and
     saved. An exception (OOM, a missing package) becomes the row's error, a spent --budget-s its `skipped`.
@@ -199,7 +193,7 @@ def run_row(report: dict, cfg: BenchConfig, section: str, name: str, fn):
     for r in rows:
         print(f"{section:<9} " + " ".join(f"{k}={fmt(v)}" for k, v in r.items()), flush=True)
     report[section] += rows
-    write_json(cfg.out, report)
+    model_lib.write_file(cfg.out, json.dumps(report, indent=1))
 
 
 def print_table(section: str, rows: list[dict]):
@@ -296,7 +290,7 @@ def sampling_row(net, prompts, new_tokens: int, cfg: BenchConfig, dev, copy: flo
 
 def toy_prompts(path: str, n: int) -> list[list[int]]:
     from data import prompts as prompt_lib, questions
-    tok = model_lib.load_tokenizer(path)
+    tok = prompt_lib.load_tokenizer(path)
     qs = questions.load_questions(os.path.join(path, "test.jsonl"))
     return [tok.encode(prompt_lib.build_prompt(qs[i % len(qs)].problem, "toy")) for i in range(n)]
 
@@ -586,25 +580,23 @@ def machine(cfg: BenchConfig, dev) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    train.add_dataclass_args(parser, BenchConfig)
-    cfg = train.dataclass_from_args(BenchConfig, parser.parse_args(argv))
+    cfg = cli.config_from_argv(BenchConfig, argv, __doc__.splitlines()[0])
     sections = [s for s in cfg.only.split(",") if s]
     if set(sections) - set(SECTIONS):
-        parser.error(f"--only {cfg.only}: choose from {', '.join(SECTIONS)}")
+        raise SystemExit(f"bench.py: error: --only {cfg.only}: choose from {', '.join(SECTIONS)}")
     torch.set_num_threads(cfg.threads)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    dev = cli.pick_device(cfg.device)
     print("config " + json.dumps(asdict(cfg)))
     report = dict(machine=machine(cfg, dev), config=asdict(cfg), **{s: [] for s in sections})
     print("machine " + json.dumps(report["machine"]), flush=True)
-    write_json(cfg.out, report)
+    model_lib.write_file(cfg.out, json.dumps(report, indent=1))
     for s in sections:
         try:
             SECTIONS[s](cfg, dev, report)
         except Exception as e:  # a set-up failure outside any row: the section reports it, the others still run
             report[s].append(dict(name=s, error=f"{type(e).__name__}: {e}"[:400]))
             print(f"{s:<9} error={report[s][-1]['error']}")
-            write_json(cfg.out, report)
+            model_lib.write_file(cfg.out, json.dumps(report, indent=1))
     for s in sections:
         print_table(s, report[s])
     print(f"\nwrote {cfg.out}")

@@ -164,47 +164,51 @@ def attention_backend(device) -> str:
 
 
 @dataclass
-class Step:
+class AttentionMeta:
     """What every layer's attention needs for one forward, worked out once rather than once per layer."""
     positions: torch.Tensor             # (B, T) position of each input token
     cache: KVCache | None = None        # None: a plain causal forward (training)
     backend: str = "torch"              # attention_backend()
-    rows: torch.Tensor | None = None    # (B, 1) row index for writing k/v into the cache
-    lens: torch.Tensor | None = None    # (B,) decode: cache positions each row attends to
+    rows: torch.Tensor | None = None    # (B, 1) cache row of each input row, for writing its k/v
+    lens: torch.Tensor | None = None    # (B,) valid positions per row: the prompt (prefill) or prefix (decode)
     mask: torch.Tensor | None = None    # (B, 1, 1, S) decode with torch: which cache positions are valid
 
 
-def make_step(positions, cache: KVCache | None) -> Step:
-    step = Step(positions, cache, attention_backend(positions.device))
+def attention_meta(positions, cache: KVCache | None, rows=None) -> AttentionMeta:
+    """rows: which cache rows the B input rows fill (default 0..B-1). A prefill reads each row's prompt length
+    from cache.lens, which the caller sets first, so the Triton kernel skips blocks of padding."""
+    meta = AttentionMeta(positions, cache, attention_backend(positions.device))
     if cache is not None:
         B, T = positions.shape
-        step.rows = torch.arange(B, device=positions.device)[:, None]
-        if T == 1:
-            step.lens = positions[:, 0] + 1
-            if step.backend == "torch":
-                step.mask = (torch.arange(cache.filled, device=positions.device) < step.lens[:, None])[:, None, None]
-    return step
+        meta.rows = (torch.arange(B, device=positions.device) if rows is None else rows)[:, None]
+        if T > 1:
+            meta.lens = cache.lens[meta.rows[:, 0]]
+        else:
+            meta.lens = positions[:, 0] + 1
+            if meta.backend == "torch":
+                meta.mask = (torch.arange(cache.filled, device=positions.device) < meta.lens[:, None])[:, None, None]
+    return meta
 
 
-def attention(q, k, v, step: Step, layer: int):
+def attention(q, k, v, meta: AttentionMeta, layer: int):
     """The one attention function. q: (B, T, Hq, D); k, v: (B, T, Hkv, D).
 
     No cache: plain causal attention (training, full forward). With a cache, k/v are written at their
     positions first; T > 1 is a prefill of right-padded prompts from position 0, T == 1 a decode step
     against the row's cached prefix (rows sit at different positions)."""
-    cache = step.cache
+    cache = meta.cache
     if cache is not None:
-        cache.k[layer][step.rows, step.positions] = k
-        cache.v[layer][step.rows, step.positions] = v
+        cache.k[layer][meta.rows, meta.positions] = k
+        cache.v[layer][meta.rows, meta.positions] = v
     if cache is not None and q.shape[1] == 1:
         K, V = cache.k[layer, :, :cache.filled], cache.v[layer, :, :cache.filled]  # (B, S, Hkv, D)
-        if step.backend == "triton":
-            return triton_kernels.attention_decode(q[:, 0], K, V, step.lens)[:, None]
+        if meta.backend == "triton":
+            return triton_kernels.attention_decode(q[:, 0], K, V, meta.lens)[:, None]
         out = F.scaled_dot_product_attention(q.transpose(1, 2), K.transpose(1, 2), V.transpose(1, 2),
-                                             attn_mask=step.mask, enable_gqa=True)
+                                             attn_mask=meta.mask, enable_gqa=True)
         return out.transpose(1, 2)
-    if cache is not None and step.backend == "triton":
-        return triton_kernels.attention_prefill(q, k, v)
+    if cache is not None and meta.backend == "triton":
+        return triton_kernels.attention_prefill(q, k, v, meta.lens)
     # right padding + causality: a valid position never looks at padding, so no extra mask is needed
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          is_causal=True, enable_gqa=True)
@@ -235,13 +239,13 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.Hkv * self.D, bias=bias)
         self.o_proj = nn.Linear(self.Hq * self.D, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, step: Step):
+    def forward(self, x, cos, sin, meta: AttentionMeta):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.Hq, self.D)
         k = self.k_proj(x).view(B, T, self.Hkv, self.D)
         v = self.v_proj(x).view(B, T, self.Hkv, self.D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = attention(q, k, v, step, self.layer)                     # (B, T, Hq, D)
+        y = attention(q, k, v, meta, self.layer)                     # (B, T, Hq, D)
         return self.o_proj(y.reshape(B, T, self.Hq * self.D))
 
 
@@ -264,8 +268,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, step: Step):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, step)
+    def forward(self, x, cos, sin, meta: AttentionMeta):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -285,19 +289,20 @@ class Transformer(nn.Module):
     def head_weight(self) -> torch.Tensor:  # (vocab, hidden)
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def hidden_states(self, input_ids, cache: KVCache | None = None, positions=None):
-        """Final-norm hidden states (B, T, hidden). positions (B, T) default to 0..T-1 for every row."""
+    def hidden_states(self, input_ids, cache: KVCache | None = None, positions=None, rows=None):
+        """Final-norm hidden states (B, T, hidden). positions (B, T) default to 0..T-1 for every row; with a
+        cache, rows (B,) are the cache rows the inputs fill (default 0..B-1)."""
         B, T = input_ids.shape
         if positions is None:
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(self.config, positions, x.dtype)
-        step = make_step(positions, cache)
+        meta = attention_meta(positions, cache, rows)
         for layer in self.model.layers:
             if self.checkpoint_layers and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, step, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, meta, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, step)
+                x = layer(x, cos, sin, meta)
         return self.model.norm(x)
 
     def forward(self, input_ids):
@@ -375,47 +380,72 @@ def load_model(path: str, device="cpu", dtype=None) -> Transformer:
     return model.eval()
 
 
-def save_model(model: Transformer, path: str, max_shard_bytes: int = 4 << 30, copy_from: str | None = None):
-    """Write config.json + safetensors with HF names into `path`, via a temporary folder renamed into place.
+# Copied beside the weights of a checkpoint we write, so that it is a whole HF folder.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+                   "chat_template.jinja")
 
-    copy_from: a checkpoint folder whose tokenizer and generation files are copied along."""
-    tmp, old = path.rstrip("/") + ".tmp", path.rstrip("/") + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+
+def save_model(model: Transformer, path: str, max_shard_bytes: int = 4 << 30, copy_from: str | None = None):
+    """Write the checkpoint folder `path` (config.json + safetensors with HF names), staged in path.tmp and then
+    swapped into place. copy_from: a checkpoint folder whose tokenizer and generation files are copied along."""
+    staging = path.rstrip("/") + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    write_model_files(model, staging, max_shard_bytes, copy_from)
+    replace_folder(staging, path)
+
+
+def write_model_files(model: Transformer, folder: str, max_shard_bytes: int = 4 << 30, copy_from: str | None = None):
+    """The files of an HF checkpoint, written into an existing folder: config.json, then model.safetensors, or
+    shards of at most max_shard_bytes and their index."""
     tensors = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters()}
-    dtype = next(iter(tensors.values())).dtype
     hf = dict(model.config.hf_config or hf_config_from(model.config))
     hf["tie_word_embeddings"] = model.config.tie_word_embeddings
     for key in [k for k in ("torch_dtype", "dtype") if k in hf] or ["torch_dtype"]:
-        hf[key] = str(dtype).removeprefix("torch.")
-    with open(os.path.join(tmp, "config.json"), "w") as f:
+        hf[key] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(hf, f, indent=2)
     shards, size = [{}], 0
     for name, t in tensors.items():
         nbytes = t.numel() * t.element_size()
         if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
+            shards, size = shards + [{}], 0
         shards[-1][name] = t
         size += nbytes
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-        weight_map = {t: n for n, shard in zip(names, shards) for t in shard}
-        for n, shard in zip(names, shards):
-            save_file(shard, os.path.join(tmp, n), metadata={"format": "pt"})
+    names = ["model.safetensors"] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        save_file(shard, os.path.join(folder, name), metadata={"format": "pt"})
+    if len(shards) > 1:
         total = sum(t.numel() * t.element_size() for t in tensors.values())
-        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+        weight_map = {t: n for n, shard in zip(names, shards) for t in shard}
+        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     for name in TOKENIZER_FILES if copy_from else ():
         if os.path.isfile(os.path.join(copy_from, name)):
-            shutil.copy(os.path.join(copy_from, name), os.path.join(tmp, name))
+            shutil.copy(os.path.join(copy_from, name), os.path.join(folder, name))
+
+
+def replace_folder(staging: str, final: str) -> None:
+    """Put the complete folder `staging` at `final`: final -> final.old, staging -> final, then remove
+    final.old. A crash between the two renames leaves final.old whole (sept_loop.find_checkpoint looks there)."""
+    old = final.rstrip("/") + ".old"
     shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(path):
-        os.rename(path, old)
-    os.rename(tmp, path)
+    if os.path.exists(final):
+        os.rename(final, old)
+    os.rename(staging, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_file(path: str, data) -> None:
+    """`data` (text, or a function that writes the file at the path it is given) goes to path.tmp, which is then
+    renamed onto `path`: a kill mid-write leaves the old file or the new one, never half of one."""
+    if callable(data):
+        data(path + ".tmp")
+    else:
+        with open(path + ".tmp", "w") as f:
+            f.write(data)
+    os.replace(path + ".tmp", path)
 
 
 def hf_config_from(cfg: ModelConfig) -> dict:
@@ -426,43 +456,3 @@ def hf_config_from(cfg: ModelConfig) -> dict:
     return hf
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Tokenizer: a thin wrapper over `tokenizers`, plus the stop ids a checkpoint declares.
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
-                   "chat_template.jinja")
-# Chat-turn terminators: Qwen base checkpoints declare <|endoftext|> but end chat turns with <|im_end|>.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
-
-
-@dataclass
-class Tokenizer:
-    tok: object                     # tokenizers.Tokenizer
-    stop_ids: tuple[int, ...] = ()  # generation ends at the first of these
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=False)
-
-
-def load_tokenizer(path: str) -> Tokenizer:
-    from tokenizers import Tokenizer as HFTokenizer
-    file = os.path.join(path, "tokenizer.json")
-    if not os.path.isfile(file):
-        raise CheckpointError(f"{path}: no tokenizer.json")
-    tok = HFTokenizer.from_file(file)
-    stop = []
-    for name in ("generation_config.json", "config.json"):
-        if os.path.isfile(os.path.join(path, name)):
-            with open(os.path.join(path, name)) as f:
-                eos = json.load(f).get("eos_token_id")
-            stop += eos if isinstance(eos, list) else [eos] if eos is not None else []
-    if os.path.isfile(os.path.join(path, "tokenizer_config.json")):
-        with open(os.path.join(path, "tokenizer_config.json")) as f:
-            eos = json.load(f).get("eos_token")
-        eos = eos.get("content") if isinstance(eos, dict) else eos
-        stop.append(tok.token_to_id(eos) if eos else None)
-    stop += [tok.token_to_id(t) for t in END_OF_TURN_TOKENS]
-    return Tokenizer(tok, tuple(dict.fromkeys(i for i in stop if i is not None)))

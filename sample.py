@@ -9,7 +9,6 @@ Sampling is one pure function with an explicit torch.Generator; temperature 0 is
     python sample.py --prompt "12+47+30" -n 4 --temperature 0.6          # the toy model in data/toy, on CPU
     python sample.py --model ~/ckpt/Qwen2.5-Math-1.5B --template qwen-math --prompt "What is 2+3?"
 """
-import argparse
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import cli
 import model as model_lib
 
 SYNC_EVERY = 8  # decode steps between host checks of "all finished?"; each check is one host-device sync
@@ -121,9 +121,9 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
     cache.filled = T
     tokens = torch.tensor([list(p) + [0] * (T - len(p)) for p in prompts], device=device)
     lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    cache.lens = lens  # the prompt lengths: prefill attention skips the padding after them
     h = model.hidden_states(tokens, cache, torch.arange(T, device=device).expand(B, T))
     logits = last_logits(model, h[torch.arange(B, device=device), lens.long() - 1])
-    cache.lens = lens
     if cuda_graph:
         cache.filled = T + max_new_tokens  # static shapes: attention sees the whole cache, masked by lens
     decode = decode_function(model, cache, cuda_graph)
@@ -192,16 +192,11 @@ class SampleConfig:
 
 
 def main(argv=None):
-    from train import add_dataclass_args, dataclass_from_args
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_dataclass_args(parser, SampleConfig, aliases={"n": "-n"})
-    cfg = dataclass_from_args(SampleConfig, parser.parse_args(argv))
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    dtype = model_lib.DTYPES[cfg.dtype] if cfg.dtype != "auto" else (
-        torch.bfloat16 if device == "cuda" else torch.float32)
     from data import prompts as prompt_lib
-    model = model_lib.load_model(cfg.model, device=device, dtype=dtype)
-    tokenizer = model_lib.load_tokenizer(cfg.model)
+    cfg = cli.config_from_argv(SampleConfig, argv, __doc__.split("\n")[0], aliases={"n": "-n"})
+    device = cli.pick_device(cfg.device)
+    model = model_lib.load_model(cfg.model, device=device, dtype=cli.pick_dtype(cfg.dtype, device))
+    tokenizer = prompt_lib.load_tokenizer(cfg.model)
     text = prompt_lib.build_prompt(cfg.prompt, cfg.template, model_dir=cfg.model)
     ids = tokenizer.encode(text)
     # 0 = what the context leaves, at least 1 so that a prompt filling the context is generate's clear error

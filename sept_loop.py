@@ -20,16 +20,17 @@ import dataclasses
 import json
 import math
 import os
-import random
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from tqdm import tqdm
 
+import cli
 import model as model_lib
+import runs
 import sample
 import train
 from data import grading, prompts, questions
@@ -39,64 +40,55 @@ TOY = os.path.join(HERE, "data", "toy")
 
 
 @dataclass
-class SePTConfig:
-    preset: str = "toy"                 # toy (the defaults below) or paper (the official recipe, see PRESETS)
-    model: str = TOY                    # base checkpoint folder (HF format)
-    train_questions: str = os.path.join(TOY, "train.jsonl")  # questions the rounds draw from (jsonl / parquet)
-    test_questions: str = os.path.join(TOY, "test.jsonl")    # held-out sets, comma-separated, for pass@k
-    template: str = "toy"               # prompt template: toy, qwen-math, qwen-instruct, raw, chat
+class SePTConfig(train.TrainConfig):
+    """The loop's settings; the trainer's (lr, warmup_steps, tau_t, loss, ...) come from train.TrainConfig.
+    Defaults are the official recipe (ElementQi/SePT, sept_1e7_dsr.sh); a preset changes some (PRESETS)."""
+    preset: str = "toy"                 # starting values: toy (the embedded world) or paper; flags override them
+    model: str = ""                     # base checkpoint folder (HF format)
+    train_questions: str = ""           # questions the rounds draw from (jsonl / parquet)
+    test_questions: str = ""            # held-out sets, comma-separated, for pass@k
+    template: Literal[tuple(prompts.TEMPLATE_NAMES)] = "qwen-math"  # prompt template (data/prompts.py)
     out: str = "runs/sept"              # output folder
     resume: str = ""                    # continue the run in this folder from its last finished round
-    rounds: int = 10                    # R: training rounds
-    batch_prompts: int = 256            # B: fresh questions per round (the paper: 128)
+    rounds: int = 10                    # R: training rounds (the lr schedule steps once a round, as in verl)
+    batch_prompts: int = 128            # B: fresh questions per round
     rollouts: int = 1                   # G: answers sampled per question
-    updates_per_round: int = 8          # µ: optimizer updates per round, on mini-batches of B·G/µ answers (paper: 2)
+    updates_per_round: int = 2          # µ: optimizer updates per round, on mini-batches of B·G/µ answers
     tau_s_start: float = 0.6            # τs at round 1
-    tau_s_end: float = 0.6              # τs after the ramp
-    tau_s_schedule: str = "constant"    # constant | linear | cosine, from tau_s_start to tau_s_end
+    tau_s_end: float = 1.0              # τs after the ramp
+    tau_s_schedule: Literal["constant", "linear", "cosine"] = "linear"  # from tau_s_start to tau_s_end
     tau_s_ramp: float = 2 / 3           # fraction of the rounds over which τs moves, then held
-    tau_t: float = 1.0                  # τt: training temperature
     couple: bool = False                # ablation: τt = τs every round
     offline: bool = False               # ablation: all answers drawn once from the initial model at tau_s_start
-    loss: str = "ce"                    # ce (SePT) | em (EM-FT: minimize the entropy of own answers)
-    loss_agg: str = "token-mean"        # token-mean | seq-mean-token-sum (the paper's Eq. 1) | seq-mean-token-mean
-    lr: float = 1e-4                    # peak AdamW learning rate (the paper: 1e-7 on 7B)
-    warmup_rounds: int = 3              # linear warmup over these rounds; the lr changes once a round, as in verl
-    lr_schedule: str = "constant"       # constant | cosine (decays to min_lr at the last round)
-    min_lr: float = 0.0                 # floor of the cosine schedule
-    weight_decay: float = 0.01          # AdamW, on every parameter
-    grad_clip: float = 1.0              # global gradient-norm clip
-    micro_batch_tokens: int = 16384     # padded tokens per forward/backward
-    activation_checkpointing: bool = False  # recompute layers in backward (long responses on a GPU)
     top_p: float = 1.0                  # nucleus mass when sampling training answers
     max_prompt_tokens: int = 1024       # longer prompts are an error
-    max_response_tokens: int = 64      # answers are cut here (and kept whole for training)
-    eval_every: int = 2                 # K: evaluate before training, every K rounds and at the end (0 = ends only)
+    max_response_tokens: int = 3072     # answers are cut here (and kept whole for training)
+    eval_every: int = 50                # K: evaluate before training, every K rounds and at the end (0 = ends only)
     eval_n: int = 32                    # n: answers per test question
     eval_temperature: float = 1.0       # τ_eval
     eval_max_questions: int = 0         # use the first N questions of each test file (0 = all)
     sweep: str = ""                     # e.g. 0.0,0.2,0.4: evaluate the initial model at these τ, then stop
-    sample_batch: int = 2048            # sequences per generate call (bounds the KV cache's memory)
-    checkpoint_every: int = 1           # write checkpoints/last every this many rounds (resume point)
-    save_every: int = 0                 # also keep checkpoints/round_NNNN every this many rounds (0 = never)
+    sample_batch: int = 256             # sequences per generate call (bounds the KV cache's memory)
+    checkpoint_every: int = 10          # write checkpoints/last every this many rounds (resume point)
+    save_every: int = 50                # also keep checkpoints/round_NNNN every this many rounds (0 = never)
     seed: int = 0                       # every random choice is a pure function of (seed, round)
     device: str = "auto"                # auto = cuda when available, else cpu
     sample_dtype: str = "auto"          # auto = bfloat16 on cuda, float32 on cpu (the master is always fp32)
 
 
-# The official recipe (ElementQi/SePT, sept_1e7_dsr.sh): Qwen2.5-Math-7B on DeepScaleR, one answer per question.
 PRESETS = {
-    "toy": {},
-    "paper": dict(model="", train_questions="", test_questions="", template="qwen-math", batch_prompts=128,
-                  rollouts=1, updates_per_round=2, tau_s_start=0.6, tau_s_end=1.0, tau_s_schedule="linear",
-                  tau_s_ramp=2 / 3, tau_t=1.0, lr=1e-7, warmup_rounds=10, weight_decay=0.01, max_prompt_tokens=1024,
-                  max_response_tokens=3072, eval_every=50, eval_n=32, eval_temperature=1.0, sample_batch=256,
-                  checkpoint_every=10, save_every=50, activation_checkpointing=True, micro_batch_tokens=32768),
+    # the official recipe: the defaults above, with the trainer settings of sept_1e7_dsr.sh
+    "paper": dict(warmup_steps=10, activation_checkpointing=True, micro_batch_tokens=32768),
+    # the embedded toy world, SePT visibly at work on 2 CPU cores in minutes (README: "Results on the toy")
+    "toy": dict(model=TOY, train_questions=os.path.join(TOY, "train.jsonl"), template="toy",
+                test_questions=os.path.join(TOY, "test.jsonl"), batch_prompts=256, updates_per_round=8,
+                tau_s_end=0.6, tau_s_schedule="constant", lr=1e-4, warmup_steps=3, max_response_tokens=64,
+                eval_every=2, sample_batch=2048, checkpoint_every=1, save_every=0),
 }
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The schedules: pure functions of the round r = 1..R.
+# The schedules and the round's choices: pure functions of the round r = 1..R.
 
 def tau_s_at(r: int, cfg: SePTConfig) -> float:
     """τs(r): constant, or from tau_s_start to tau_s_end over the first tau_s_ramp·R rounds, then held."""
@@ -112,331 +104,99 @@ def tau_t_at(tau_s: float, cfg: SePTConfig) -> float:
     return tau_s if cfg.couple else cfg.tau_t
 
 
+def round_config(cfg: SePTConfig, tau_s: float) -> SePTConfig:
+    """The trainer's settings for a round at τs: τt (= τs when coupled), a cosine lr schedule over the rounds."""
+    return dataclasses.replace(cfg, tau_t=tau_t_at(tau_s, cfg), total_steps=cfg.total_steps or cfg.rounds)
+
+
 def questions_for_round(r: int, n_questions: int, cfg: SePTConfig) -> list[int]:
     """B question indices for round r: without replacement through the set, reshuffled at each pass."""
-    picked, start = [], (r - 1) * cfg.batch_prompts
-    for pos in range(start, start + cfg.batch_prompts):
+    first = (r - 1) * cfg.batch_prompts
+    passes = {}  # pass number -> its order of the questions
+    picked = []
+    for pos in range(first, first + cfg.batch_prompts):
         epoch, i = divmod(pos, n_questions)
-        perm = torch.randperm(n_questions, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-        picked.append(perm[i].item())
+        if epoch not in passes:
+            generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+            passes[epoch] = torch.randperm(n_questions, generator=generator).tolist()
+        picked.append(passes[epoch][i])
     return picked
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Sampling and grading.
+def round_seed(cfg: SePTConfig, r: int, purpose: str) -> int:
+    """Distinct, reproducible seeds for each round's sampling, shuffling and evaluation."""
+    return (cfg.seed * 1_000_003 + r) * 4 + {"train": 0, "eval": 1, "shuffle": 2, "sweep": 3}[purpose]
 
-def draw_answers(sampler, prompt_ids, tau, cfg, tokenizer, seed, desc):
-    """Responses (token lists) and their mean entropies for each prompt, in generate calls of sample_batch."""
+
+# ----------------------------------------------------------------------------------------------------------
+# The steps of a round: answer, train, evaluate.
+
+def draw_answers(sampler: model_lib.Transformer, prompts_ids: list[list[int]], *, tau: float, max_new_tokens: int,
+                 top_p: float, stop_ids, batch: int, seed: int, desc: str = "") -> tuple[list[list[int]], list[float]]:
+    """An answer (token ids) to each prompt at temperature τ, and the mean entropy of the model's next-token
+    distribution over it, in generate calls of `batch` prompts."""
     responses, entropies = [], []
-    chunks = range(0, len(prompt_ids), cfg.sample_batch)
-    for c in tqdm(chunks, desc=desc, leave=False, disable=len(chunks) == 1 and None):
+    chunks = range(0, len(prompts_ids), batch)
+    for c in tqdm(chunks, desc=desc, leave=False, disable=len(chunks) == 1):
         stats = {}
-        responses += sample.generate(sampler, prompt_ids[c:c + cfg.sample_batch], max_new_tokens=cfg.max_response_tokens,
-                                     temperature=tau, top_p=cfg.top_p, eos_ids=tokenizer.stop_ids,
-                                     seed=seed * 1000 + c // cfg.sample_batch, stats=stats)
+        responses += sample.generate(sampler, prompts_ids[c:c + batch], max_new_tokens=max_new_tokens,
+                                     temperature=tau, top_p=top_p, eos_ids=stop_ids, seed=seed * 1000 + c // batch,
+                                     stats=stats)
         entropies += stats["entropy"]
     return responses, entropies
 
 
-def evaluate(sampler, test_sets, cfg, tokenizer, tau, seed) -> dict:
+def train_on_answers(master: model_lib.Transformer, optimizer, pairs: list[train.Pair], step: int,
+                     tcfg: train.TrainConfig, updates: int, seed: int, desc: str = "") -> list[dict]:
+    """µ AdamW updates on the round's (prompt, answer) pairs, shuffled and split into µ mini-batches. Stops at
+    the first update whose loss or gradient is not finite (train_step then leaves the weights untouched)."""
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    size = math.ceil(len(pairs) / updates)
+    steps = []
+    for u in tqdm(range(updates), desc=desc, leave=False):
+        steps.append(train.train_step(master, optimizer, [pairs[i] for i in order[u * size:(u + 1) * size]],
+                                      step, tcfg))
+        if steps[-1]["skipped"]:
+            break
+    return steps
+
+
+def evaluate(sampler: model_lib.Transformer, tokenizer: prompts.Tokenizer, test_sets: dict, *, n: int, tau: float,
+             max_new_tokens: int, batch: int, seed: int) -> dict:
     """n answers per test question at τ, graded: pass@k (percent) per set and averaged over sets."""
     t0, tables = time.time(), {}
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= cfg.eval_n]
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
     for name, (qs, prompt_ids) in test_sets.items():
-        ids = [p for p in prompt_ids for _ in range(cfg.eval_n)]
-        responses, _ = draw_answers(sampler, ids, tau, cfg, tokenizer, seed, f"eval {name} τ={tau}")
-        texts = [tokenizer.decode(r) for r in responses]
-        grades = grading.grade_many(texts, [q.answer for q in qs for _ in range(cfg.eval_n)])
-        counts = [sum(bool(g.correct) for g in grades[i * cfg.eval_n:(i + 1) * cfg.eval_n]) for i in range(len(qs))]
-        tables[name] = grading.pass_at_k_table(counts, cfg.eval_n, ks)
+        responses, _ = draw_answers(sampler, [p for p in prompt_ids for _ in range(n)], tau=tau, top_p=1.0,
+                                    max_new_tokens=max_new_tokens, stop_ids=tokenizer.stop_ids, batch=batch,
+                                    seed=seed, desc=f"eval {name} τ={tau}")
+        grades = grading.grade_many([tokenizer.decode(r) for r in responses], [q.answer for q in qs for _ in range(n)])
+        counts = [sum(bool(g.correct) for g in grades[i * n:(i + 1) * n]) for i in range(len(qs))]
+        tables[name] = grading.pass_at_k_table(counts, n, ks)
     result = grading.mean_over_benchmarks(tables) if len(tables) > 1 else dict(next(iter(tables.values())))
     if len(tables) > 1:
         result["benchmarks"] = tables
     return dict(result, eval_temperature=tau, seconds_eval=round(time.time() - t0, 2))
 
 
-def round_stats(responses, entropies, cfg, tokenizer) -> dict:
-    lens = [len(r) for r in responses]
-    stops = {}
-    for r in responses:
-        key = tokenizer.decode([r[-1]]) if r and r[-1] in tokenizer.stop_ids else "none (truncated)"
-        stops[key] = stops.get(key, 0) + 1
-    return dict(response_len_mean=sum(lens) / len(lens), response_len_max=max(lens),
-                truncation_rate=sum(r == [] or r[-1] not in tokenizer.stop_ids for r in responses) / len(responses),
-                stop_tokens=stops, entropy=sum(entropies) / len(entropies))
+def evaluate_at(cfg: SePTConfig, sampler, tokenizer, test_sets: dict, tau: float, seed: int) -> dict:
+    return evaluate(sampler, tokenizer, test_sets, n=cfg.eval_n, tau=tau, max_new_tokens=cfg.max_response_tokens,
+                    batch=cfg.sample_batch, seed=seed)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Checkpoints, logs and the plot: written to a temporary name, then renamed into place.
-
-def save_checkpoint(master, optimizer, r: int, cfg: SePTConfig, name: str = "last"):
-    final = os.path.join(cfg.out, "checkpoints", name)
-    staging = final + ".new"
-    model_lib.save_model(master, staging, copy_from=cfg.model)
-    train.save_optimizer(optimizer, os.path.join(staging, "optimizer.safetensors"))
-    write_json(os.path.join(staging, "sept_state.json"), {"round": r})  # written last: marks it complete
-    shutil.rmtree(final + ".old", ignore_errors=True)
-    if os.path.exists(final):
-        os.rename(final, final + ".old")
-    os.rename(staging, final)
-    shutil.rmtree(final + ".old", ignore_errors=True)
-
-
-def find_checkpoint(out: str) -> str | None:
-    """The newest complete checkpoint: `last`, or `last.old` if a crash fell between the two renames."""
-    for name in ("last", "last.old"):
-        path = os.path.join(out, "checkpoints", name)
-        if os.path.isfile(os.path.join(path, "sept_state.json")):
-            return path
-    return None
-
-
-def write_json(path: str, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
-def append_metrics(cfg: SePTConfig, line: dict):
-    with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(line) + "\n")
-
-
-def write_samples(cfg, r, qs, responses, texts, grades):
-    rows = [dict(id=q.id, question=q.problem, response=t, response_tokens=len(resp), extracted=g.extracted,
-                 answer=q.answer, correct=g.correct) for q, resp, t, g in zip(qs, responses, texts, grades)]
-    path = os.path.join(cfg.out, "samples", f"round_{r:04d}.jsonl")
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(path + ".tmp", path)
-
-
-def write_plot(cfg: SePTConfig):
-    """plot.png: pass@k at τ_eval and τs against rounds."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("plot.png skipped: pip install matplotlib")
-        return
-    with open(os.path.join(cfg.out, "metrics.jsonl")) as f:
-        lines = [json.loads(line) for line in f]
-    evals = [m for m in lines if "pass@1" in m and m.get("eval_temperature") == cfg.eval_temperature]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for k in (1, 8, 32):
-        pts = [(m["round"], m[f"pass@{k}"]) for m in evals if f"pass@{k}" in m]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=f"pass@{k}")
-    ax.set(xlabel="round", ylabel=f"pass@k (%) at τ={cfg.eval_temperature}", ylim=(0, 100))
-    taus = [(m["round"], m["tau_s"]) for m in lines if "tau_s" in m]
-    if taus:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*taus), color="gray", linestyle="--", label="τs")
-        ax2.set(ylabel="τs", ylim=(0, 1.5))
-        ax2.legend(loc="lower right")
-    ax.legend(loc="upper left")
-    ax.set_title(f"SePT on {os.path.basename(cfg.model.rstrip('/'))}" + (" (offline)" if cfg.offline else ""))
-    fig.tight_layout()
-    fig.savefig(os.path.join(cfg.out, "plot.tmp.png"))
-    plt.close(fig)
-    os.replace(os.path.join(cfg.out, "plot.tmp.png"), os.path.join(cfg.out, "plot.png"))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Set-up: configuration, models, questions.
-
-def resolve_config(argv) -> SePTConfig:
-    """Dataclass defaults (the toy), then the preset, then the flags given; --resume takes the run's own config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_dataclass_args(parser, SePTConfig)
-    defaults = vars(parser.parse_args([]))
-    parser.set_defaults(**{k: None for k in defaults})  # so only the flags actually given come back non-None
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    if given.get("resume"):
-        saved = os.path.join(given["resume"], "config.json")
-        if not os.path.isfile(saved):
-            raise ValueError(f"--resume {given['resume']}: no config.json there (not a sept run folder)")
-        with open(saved) as f:
-            base = json.load(f)
-        base.update(given, out=given["resume"])
-        return SePTConfig(**base)
-    preset = given.get("preset", "toy")
-    if preset not in PRESETS:
-        raise ValueError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    cfg = SePTConfig(**{**defaults, **PRESETS[preset], **given})
-    for key in ("model", "train_questions", "test_questions"):
-        if not getattr(cfg, key) and not (key == "train_questions" and cfg.sweep):
-            raise ValueError(f"--preset {preset} needs --{key.replace('_', '-')}")
-    return cfg
-
-
-def check_config(cfg: SePTConfig):
-    choices = dict(tau_s_schedule=("constant", "linear", "cosine"), loss=("ce", "em"),
-                   loss_agg=("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
-                   lr_schedule=("constant", "cosine"), template=tuple(prompts.TEMPLATE_NAMES))
-    for key, allowed in choices.items():
-        if getattr(cfg, key) not in allowed:
-            raise ValueError(f"--{key.replace('_', '-')} {getattr(cfg, key)!r}: choose one of {', '.join(allowed)}")
-    if (cfg.batch_prompts * cfg.rollouts) % cfg.updates_per_round:
-        raise ValueError(f"B·G = {cfg.batch_prompts * cfg.rollouts} answers do not split into "
-                         f"{cfg.updates_per_round} equal mini-batches (--updates-per-round)")
-    if min(cfg.tau_s_start, cfg.tau_s_end, cfg.tau_t) <= 0:
-        raise ValueError("temperatures for training rounds must be > 0")
-
-
-def encode_questions(path, cfg, tokenizer, context: int, limit=0):
-    qs = questions.load_questions(path)[:limit or None]
-    ids = [tokenizer.encode(prompts.build_prompt(q.problem, cfg.template, model_dir=cfg.model)) for q in qs]
-    for q, p in zip(qs, ids):
-        if len(p) > cfg.max_prompt_tokens:
-            raise ValueError(f"{path}: question {q.id} is {len(p)} tokens after the {cfg.template} template, "
-                             f"over --max-prompt-tokens {cfg.max_prompt_tokens}")
-        if len(p) + cfg.max_response_tokens > context:  # found now, not in the middle of a round
-            raise ValueError(f"{path}: question {q.id} is {len(p)} tokens after the {cfg.template} template; with "
-                             f"--max-response-tokens {cfg.max_response_tokens} that exceeds the model's context "
-                             f"of {context} tokens")
-    return qs, ids
-
-
-def train_config(cfg: SePTConfig) -> train.TrainConfig:
-    return train.TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_rounds, lr_schedule=cfg.lr_schedule,
-                             min_lr=cfg.min_lr, total_steps=cfg.rounds, weight_decay=cfg.weight_decay,
-                             grad_clip=cfg.grad_clip, tau_t=cfg.tau_t, loss=cfg.loss, loss_agg=cfg.loss_agg,
-                             micro_batch_tokens=cfg.micro_batch_tokens,
-                             activation_checkpointing=cfg.activation_checkpointing)
-
-
-def round_seed(cfg, r, purpose):  # distinct, reproducible seeds for each round's sampling and evaluation
-    return (cfg.seed * 1_000_003 + r) * 4 + {"train": 0, "eval": 1, "shuffle": 2, "sweep": 3}[purpose]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Algorithm 1.
-
-def main(argv=None):
-    cfg = resolve_config(argv)
-    check_config(cfg)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    sample_dtype = model_lib.DTYPES[cfg.sample_dtype] if cfg.sample_dtype != "auto" else (
-        torch.bfloat16 if device.type == "cuda" else torch.float32)
-    os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
-    print("config " + json.dumps(asdict(cfg)))
-    write_json(os.path.join(cfg.out, "config.json"), asdict(cfg))
-
-    # 0. the model (fp32 master weights + a sampling copy), optimizer, questions; resume if asked
-    tokenizer = model_lib.load_tokenizer(cfg.model)
-    ckpt = find_checkpoint(cfg.out) if cfg.resume else None
-    master = model_lib.load_model(ckpt or cfg.model, device, torch.float32)
-    sampler = train.make_sampler(master, sample_dtype)
-    tcfg = train_config(cfg)
-    optimizer = train.make_optimizer(master, tcfg)
-    start = 0
-    if ckpt:
-        train.load_optimizer(optimizer, os.path.join(ckpt, "optimizer.safetensors"))
-        with open(os.path.join(ckpt, "sept_state.json")) as f:
-            start = json.load(f)["round"]
-        print(f"resuming {cfg.out} after round {start} ({ckpt})")
-    keep_metrics_until(cfg, start if cfg.resume else -1)
-    context = master.config.max_position_embeddings
-    test_sets = {os.path.splitext(os.path.basename(p))[0]:
-                 encode_questions(p, cfg, tokenizer, context, cfg.eval_max_questions)
-                 for p in cfg.test_questions.split(",") if p}
-
-    if cfg.sweep:  # the no-training baseline: the initial model at each temperature, best by AVG(pass@1,8,32)
-        results = [evaluate(sampler, test_sets, cfg, tokenizer, float(t), round_seed(cfg, 0, "sweep"))
-                   for t in cfg.sweep.split(",")]
-        for res in results:
-            append_metrics(cfg, dict(round=0, sweep=True, **res))
-            print(f"sweep τ={res['eval_temperature']:.2f} | " + metric_text(res))
-        best = max(results, key=lambda m: grading.avg_pass(m) if "pass@32" in m else m["pass@1"])
-        print(f"best temperature {best['eval_temperature']} ({metric_text(best)})")
-        return
-
-    train_qs, train_ids = encode_questions(cfg.train_questions, cfg, tokenizer, context)
-    if start == 0:
-        report_eval(cfg, 0, evaluate(sampler, test_sets, cfg, tokenizer, cfg.eval_temperature,
-                                     round_seed(cfg, 0, "eval")))
-    offline = offline_answers(cfg, sampler, train_ids, tokenizer) if cfg.offline else None
-
-    for r in range(start + 1, cfg.rounds + 1):
-        # 1. fresh questions and the temperatures of this round
-        fresh = questions_for_round(r, len(train_qs), cfg)
-        picked = [i for i in fresh for _ in range(cfg.rollouts)]
-        tau_s = tau_s_at(r, cfg)
-        tau_t = tau_t_at(tau_s, cfg)
-        # 2. the current model answers them at τs (offline: the initial model's answers, drawn once)
-        t0 = time.time()
-        if cfg.offline:
-            responses, entropies = map(list, zip(*[a for i in fresh for a in offline[i]]))
-        else:
-            responses, entropies = draw_answers(sampler, [train_ids[i] for i in picked], tau_s, cfg, tokenizer,
-                                                round_seed(cfg, r, "train"), f"round {r} sample")
-        seconds_sampling = time.time() - t0
-        # 3. µ updates of plain cross-entropy on its own answers at τt (grades are logged, never used)
-        t0 = time.time()
-        pairs = [(train_ids[i], resp) for i, resp in zip(picked, responses) if resp]
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(round_seed(cfg, r, "shuffle")))
-        size = math.ceil(len(pairs) / cfg.updates_per_round)
-        steps = []
-        for u in tqdm(range(cfg.updates_per_round), desc=f"round {r} train", leave=False):
-            batch = [pairs[i] for i in order[u * size:(u + 1) * size].tolist()]
-            steps.append(train.train_step(master, optimizer, batch, r - 1, tcfg, tau_t=tau_t))
-            if steps[-1]["skipped"]:
-                sys.exit(f"error: round {r}, update {u + 1}: the loss or gradient norm is not finite "
-                         f"(loss {steps[-1]['loss']}, grad norm {steps[-1]['grad_norm']}); stopping. The weights "
-                         f"are untouched; the last good checkpoint is {find_checkpoint(cfg.out) or cfg.model}")
-        # 4. refresh the sampling copy: the next round samples from the updated model
-        train.refresh_sampler(master, sampler)
-        seconds_training = time.time() - t0
-        # 5. log (the grades of the training answers are for the reader only) and evaluate every K rounds
-        texts = [tokenizer.decode(resp) for resp in responses]
-        grades = grading.grade_many(texts, [train_qs[i].answer for i in picked])
-        known = [g.correct for g in grades if g.correct is not None]
-        line = dict(round=r, tau_s=tau_s, tau_t=tau_t, lr=steps[0]["lr"],
-                    loss=sum(s["loss"] for s in steps) / len(steps), grad_norm=max(s["grad_norm"] for s in steps),
-                    **round_stats(responses, entropies, cfg, tokenizer),
-                    train_answers_correct=sum(known) / len(known) * 100 if known else None,
-                    seconds_sampling=round(seconds_sampling, 2), seconds_training=round(seconds_training, 2))
-        append_metrics(cfg, line)
-        write_samples(cfg, r, [train_qs[i] for i in picked], responses, texts, grades)
-        print(round_summary(line))
-        if r == cfg.rounds or (cfg.eval_every and r % cfg.eval_every == 0):
-            report_eval(cfg, r, evaluate(sampler, test_sets, cfg, tokenizer, cfg.eval_temperature,
-                                         round_seed(cfg, r, "eval")))
-        # 6. checkpoints: `last` is the resume point
-        if r == cfg.rounds or r % cfg.checkpoint_every == 0:
-            save_checkpoint(master, optimizer, r, cfg)
-        if cfg.save_every and r % cfg.save_every == 0:
-            save_checkpoint(master, optimizer, r, cfg, name=f"round_{r:04d}")
-    print(summary(cfg))
-    print(f"done: {cfg.out}/metrics.jsonl, {cfg.out}/plot.png, {cfg.out}/checkpoints/last")
-
-
-def summary(cfg: SePTConfig) -> str:
-    """First and last evaluation of the run, side by side."""
-    with open(os.path.join(cfg.out, "metrics.jsonl")) as f:
-        evals = [m for m in map(json.loads, f) if "pass@1" in m and not m.get("sweep")]
-    first, last = evals[0], evals[-1]
-    return f"summary τ={cfg.eval_temperature}: " + " | ".join(
-        f"{k} {first[k]:.1f} -> {last[k]:.1f} ({last[k] - first[k]:+.1f})" for k in ("pass@1", "pass@8", "pass@32")
-        if k in first) + f" (round {first['round']} -> {last['round']})"
-
-
-def offline_answers(cfg, sampler, train_ids, tokenizer) -> dict:
+def offline_answers(cfg: SePTConfig, sampler, train_ids: list[list[int]], stop_ids) -> dict:
     """--offline: G answers per question the run will use, drawn once by the initial model at tau_s_start, kept
     in offline.jsonl (a resumed run trains on the same ones). Returns {question index: [(response, entropy)]}."""
     path = os.path.join(cfg.out, "offline.jsonl")
     if not os.path.isfile(path):
         used = sorted({i for r in range(1, cfg.rounds + 1) for i in questions_for_round(r, len(train_ids), cfg)})
         used = [i for i in used for _ in range(cfg.rollouts)]
-        responses, entropies = draw_answers(sampler, [train_ids[i] for i in used], cfg.tau_s_start, cfg, tokenizer,
-                                            round_seed(cfg, 0, "train"), "offline answers")
-        with open(path + ".tmp", "w") as f:
-            f.writelines(json.dumps(dict(question=i, response=resp, entropy=h)) + "\n"
-                         for i, resp, h in zip(used, responses, entropies))
-        os.replace(path + ".tmp", path)
+        responses, entropies = draw_answers(sampler, [train_ids[i] for i in used], tau=cfg.tau_s_start,
+                                            max_new_tokens=cfg.max_response_tokens, top_p=cfg.top_p,
+                                            stop_ids=stop_ids, batch=cfg.sample_batch,
+                                            seed=round_seed(cfg, 0, "train"), desc="offline answers")
+        model_lib.write_file(path, "".join(json.dumps(dict(question=i, response=resp, entropy=h)) + "\n"
+                                           for i, resp, h in zip(used, responses, entropies)))
     answers = {}
     with open(path) as f:
         for line in f:
@@ -445,35 +205,214 @@ def offline_answers(cfg, sampler, train_ids, tokenizer) -> dict:
     return answers
 
 
-def keep_metrics_until(cfg: SePTConfig, last_round: int):
-    """A fresh run starts a new metrics.jsonl; a resumed one drops lines of rounds after its checkpoint."""
-    path = os.path.join(cfg.out, "metrics.jsonl")
-    lines = []
-    if last_round >= 0 and os.path.isfile(path):
-        with open(path) as f:
-            lines = [line for line in f if json.loads(line)["round"] <= last_round]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(lines)
-    os.replace(path + ".tmp", path)
+def offline_round(offline: dict, fresh: list[int]) -> tuple[list[list[int]], list[float]]:
+    """The stored answers of this round's questions, G per question, in the order of `picked`."""
+    answers = [a for i in fresh for a in offline[i]]
+    return [response for response, _ in answers], [entropy for _, entropy in answers]
+
+
+def stop_if_not_finite(steps: list[dict], r: int, cfg: SePTConfig) -> None:
+    if steps[-1]["skipped"]:
+        sys.exit(f"error: round {r}, update {len(steps)}: the loss or gradient norm is not finite "
+                 f"(loss {steps[-1]['loss']}, grad norm {steps[-1]['grad_norm']}); stopping. The weights are "
+                 f"untouched; the last good checkpoint is {runs.find_checkpoint(cfg.out) or cfg.model}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What a round prints and logs (runs.py writes the files).
+
+def round_metrics(r: int, tau_s: float, tau_t: float, steps: list[dict], responses, entropies, grades,
+                  tokenizer: prompts.Tokenizer) -> dict:
+    """The round's line of metrics.jsonl: schedules, loss, answer lengths and stops, entropy, and the share of
+    training answers that were right (logged for the reader; SePT never sees it)."""
+    stop_ids, stops = tokenizer.stop_ids, {}
+    for resp in responses:
+        key = tokenizer.decode([resp[-1]]) if resp and resp[-1] in stop_ids else "none (truncated)"
+        stops[key] = stops.get(key, 0) + 1
+    lens, known = [len(resp) for resp in responses], [g.correct for g in grades if g.correct is not None]
+    return dict(round=r, tau_s=tau_s, tau_t=tau_t, lr=steps[0]["lr"], loss=sum(s["loss"] for s in steps) / len(steps),
+                grad_norm=max(s["grad_norm"] for s in steps), response_len_mean=sum(lens) / len(lens),
+                response_len_max=max(lens), truncation_rate=stops.get("none (truncated)", 0) / len(responses),
+                stop_tokens=stops, entropy=sum(entropies) / len(entropies),
+                train_answers_correct=sum(known) / len(known) * 100 if known else None)
+
+
+def log_round(cfg: SePTConfig, line: dict, qs: list[questions.Question], responses, texts, grades) -> None:
+    runs.append_metrics(cfg.out, line)
+    runs.write_samples(cfg.out, line["round"], [
+        dict(id=q.id, question=q.problem, response=t, response_tokens=len(resp), extracted=g.extracted,
+             answer=q.answer, correct=g.correct) for q, resp, t, g in zip(qs, responses, texts, grades)])
+    acc = line["train_answers_correct"]
+    print(f"round {line['round']} | τs {line['tau_s']:.2f} τt {line['tau_t']:.2f} lr {line['lr']:.2e} | loss "
+          f"{line['loss']:.4f} gnorm {line['grad_norm']:.3f} | len {line['response_len_mean']:.1f}/"
+          f"{line['response_len_max']} trunc {line['truncation_rate'] * 100:.1f}% | H {line['entropy']:.3f}"
+          + (f" | answers correct {acc:.1f}%" if acc is not None else "")
+          + f" | sample {line['seconds_sampling']:.1f}s train {line['seconds_training']:.1f}s")
 
 
 def metric_text(m: dict) -> str:
     return " ".join(f"{k} {m[k]:.1f}" for k in ("pass@1", "pass@8", "pass@32") if k in m)
 
 
-def report_eval(cfg, r, result):
-    append_metrics(cfg, dict(round=r, **result))
+def report_eval(cfg: SePTConfig, r: int, result: dict) -> None:
+    runs.append_metrics(cfg.out, dict(round=r, **result))
     print(f"eval round {r} τ={result['eval_temperature']} | {metric_text(result)} ({result['seconds_eval']:.0f}s)")
-    write_plot(cfg)
+    runs.write_plot(cfg.out, cfg.eval_temperature,
+                    f"SePT on {os.path.basename(cfg.model.rstrip('/'))}" + (" (offline)" if cfg.offline else ""))
 
 
-def round_summary(m: dict) -> str:
-    acc = m["train_answers_correct"]
-    return (f"round {m['round']} | τs {m['tau_s']:.2f} τt {m['tau_t']:.2f} lr {m['lr']:.2e} | loss {m['loss']:.4f} "
-            f"gnorm {m['grad_norm']:.3f} | len {m['response_len_mean']:.1f}/{m['response_len_max']} "
-            f"trunc {m['truncation_rate'] * 100:.1f}% | H {m['entropy']:.3f}"
-            + (f" | answers correct {acc:.1f}%" if acc is not None else "")
-            + f" | sample {m['seconds_sampling']:.1f}s train {m['seconds_training']:.1f}s")
+def summary(cfg: SePTConfig) -> str:
+    """First and last evaluation of the run, side by side."""
+    evals = [m for m in runs.read_metrics(cfg.out) if "pass@1" in m and not m.get("sweep")]
+    first, last = evals[0], evals[-1]
+    return f"summary τ={cfg.eval_temperature}: " + " | ".join(
+        f"{k} {first[k]:.1f} -> {last[k]:.1f} ({last[k] - first[k]:+.1f})" for k in ("pass@1", "pass@8", "pass@32")
+        if k in first) + f" (round {first['round']} -> {last['round']})"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Set-up: configuration, questions, the no-training baseline.
+
+def resolve_config(argv: list[str] | None = None) -> SePTConfig:
+    """The dataclass defaults (the official recipe), then the preset's values (toy unless --preset names
+    another), then the flags given; --help shows the values so resolved. --resume starts instead from the run's
+    own config.json (the run's folder is then its --out)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default="toy")
+    first.add_argument("--resume", default="")
+    known, _ = first.parse_known_args(argv)
+    if known.resume:
+        saved = os.path.join(known.resume, "config.json")
+        if not os.path.isfile(saved):
+            raise ValueError(f"--resume {known.resume}: no config.json there (not a sept run folder)")
+        with open(saved) as f:
+            base = json.load(f)
+        unknown = set(base) - {f.name for f in dataclasses.fields(SePTConfig)}
+        if unknown:
+            raise ValueError(f"{saved}: unknown settings {', '.join(sorted(unknown))} (another version of sept?)")
+    elif known.preset not in PRESETS:
+        raise ValueError(f"--preset {known.preset!r}: choose one of {', '.join(PRESETS)}")
+    else:
+        base = {**asdict(SePTConfig()), **PRESETS[known.preset], "preset": known.preset}
+    parser = cli.config_parser(SePTConfig, __doc__.split("\n")[0], aliases={"warmup_steps": "--warmup-rounds"})
+    parser.set_defaults(**base)
+    cfg = SePTConfig(**vars(parser.parse_args(argv)))
+    cfg.out = cfg.resume or cfg.out
+    for key in ("model", "train_questions", "test_questions"):
+        if not getattr(cfg, key) and not (key == "train_questions" and cfg.sweep):
+            raise ValueError(f"--preset {cfg.preset} needs --{key.replace('_', '-')}")
+    return cfg
+
+
+def check_config(cfg: SePTConfig) -> None:
+    if (cfg.batch_prompts * cfg.rollouts) % cfg.updates_per_round:
+        raise ValueError(f"B·G = {cfg.batch_prompts * cfg.rollouts} answers do not split into "
+                         f"{cfg.updates_per_round} equal mini-batches (--updates-per-round)")
+    if min(cfg.tau_s_start, cfg.tau_s_end, cfg.tau_t) <= 0:
+        raise ValueError("temperatures for training rounds must be > 0")
+
+
+def encode_questions(path: str, cfg: SePTConfig, tokenizer, context: int, limit: int = 0):
+    """The questions of a file and their prompts' token ids; a prompt that cannot fit is an error now, not in
+    the middle of a round."""
+    qs = questions.load_questions(path)[:limit or None]
+    ids = [tokenizer.encode(prompts.build_prompt(q.problem, cfg.template, model_dir=cfg.model)) for q in qs]
+    for q, p in zip(qs, ids):
+        if len(p) > cfg.max_prompt_tokens:
+            raise ValueError(f"{path}: question {q.id} is {len(p)} tokens after the {cfg.template} template, "
+                             f"over --max-prompt-tokens {cfg.max_prompt_tokens}")
+        if len(p) + cfg.max_response_tokens > context:
+            raise ValueError(f"{path}: question {q.id} is {len(p)} tokens after the {cfg.template} template; with "
+                             f"--max-response-tokens {cfg.max_response_tokens} that exceeds the model's context "
+                             f"of {context} tokens")
+    return qs, ids
+
+
+def sweep(cfg: SePTConfig, sampler, tokenizer, test_sets: dict) -> None:
+    """The no-training baseline: the initial model at each τ of --sweep; the best by AVG(pass@1, @8, @32)."""
+    results = []
+    for tau in (float(t) for t in cfg.sweep.split(",")):
+        results.append(evaluate_at(cfg, sampler, tokenizer, test_sets, tau, round_seed(cfg, 0, "sweep")))
+        runs.append_metrics(cfg.out, dict(round=0, sweep=True, **results[-1]))
+        print(f"sweep τ={tau:.2f} | " + metric_text(results[-1]))
+    best = max(results, key=lambda m: grading.avg_pass(m) if "pass@32" in m else m["pass@1"])
+    print(f"best temperature {best['eval_temperature']} ({metric_text(best)})")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Algorithm 1.
+
+def main(argv=None):
+    cfg = resolve_config(argv)
+    check_config(cfg)
+    device = cli.pick_device(cfg.device)
+    sample_dtype = cli.pick_dtype(cfg.sample_dtype, device)
+    os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
+    print("config " + json.dumps(asdict(cfg)))
+    runs.write_json(os.path.join(cfg.out, "config.json"), asdict(cfg))
+
+    # 0. the model (fp32 master weights + a sampling copy), optimizer and questions; resume if asked
+    tokenizer = prompts.load_tokenizer(cfg.model)
+    ckpt = runs.find_checkpoint(cfg.out) if cfg.resume else None
+    master = model_lib.load_model(ckpt or cfg.model, device, torch.float32)
+    sampler = train.make_sampler(master, sample_dtype)
+    optimizer = train.make_optimizer(master, round_config(cfg, cfg.tau_s_start))
+    start = 0
+    if ckpt:
+        train.load_optimizer(optimizer, os.path.join(ckpt, "optimizer.safetensors"))
+        with open(os.path.join(ckpt, "sept_state.json")) as f:
+            start = json.load(f)["round"]
+        print(f"resuming {cfg.out} after round {start} ({ckpt})")
+    runs.keep_metrics_until(cfg.out, start if cfg.resume else -1)
+    context = master.config.max_position_embeddings
+    test_sets = {os.path.splitext(os.path.basename(p))[0]:
+                 encode_questions(p, cfg, tokenizer, context, cfg.eval_max_questions)
+                 for p in cfg.test_questions.split(",") if p}
+    if cfg.sweep:
+        return sweep(cfg, sampler, tokenizer, test_sets)
+    train_qs, train_ids = encode_questions(cfg.train_questions, cfg, tokenizer, context)
+    if start == 0:
+        report_eval(cfg, 0, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
+                                        round_seed(cfg, 0, "eval")))
+    offline = offline_answers(cfg, sampler, train_ids, tokenizer.stop_ids) if cfg.offline else None
+
+    for r in range(start + 1, cfg.rounds + 1):
+        # 1. B fresh questions, G answers each, and this round's temperatures (τt = 1 > τs sharpens)
+        fresh = questions_for_round(r, len(train_qs), cfg)
+        picked = [i for i in fresh for _ in range(cfg.rollouts)]
+        tau_s = tau_s_at(r, cfg)
+        rcfg = round_config(cfg, tau_s)
+        # 2. the current model answers them at τs (offline: the initial model's answers, drawn once)
+        t0 = time.time()
+        responses, entropies = offline_round(offline, fresh) if cfg.offline else draw_answers(
+            sampler, [train_ids[i] for i in picked], tau=tau_s, max_new_tokens=cfg.max_response_tokens,
+            top_p=cfg.top_p, stop_ids=tokenizer.stop_ids, batch=cfg.sample_batch,
+            seed=round_seed(cfg, r, "train"), desc=f"round {r} sample")
+        t1 = time.time()
+        # 3. µ updates of plain cross-entropy on its own answers at τt (their grades are logged, never used)
+        pairs = [(train_ids[i], resp) for i, resp in zip(picked, responses) if resp]
+        steps = train_on_answers(master, optimizer, pairs, r - 1, rcfg, cfg.updates_per_round,
+                                 round_seed(cfg, r, "shuffle"), f"round {r} train")
+        stop_if_not_finite(steps, r, cfg)
+        # 4. refresh the sampling copy: the next round samples from the updated model
+        train.refresh_sampler(master, sampler)
+        t2 = time.time()
+        # 5. log, evaluate every K rounds, and keep the checkpoint `last` (the resume point)
+        texts = [tokenizer.decode(resp) for resp in responses]
+        grades = grading.grade_many(texts, [train_qs[i].answer for i in picked])
+        line = dict(round_metrics(r, tau_s, rcfg.tau_t, steps, responses, entropies, grades, tokenizer),
+                    seconds_sampling=round(t1 - t0, 2), seconds_training=round(t2 - t1, 2))
+        log_round(cfg, line, [train_qs[i] for i in picked], responses, texts, grades)
+        if r == cfg.rounds or (cfg.eval_every and r % cfg.eval_every == 0):
+            report_eval(cfg, r, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
+                                            round_seed(cfg, r, "eval")))
+        if r == cfg.rounds or r % cfg.checkpoint_every == 0:
+            runs.save_checkpoint(cfg.out, "last", master, optimizer, r, cfg.model)
+        if cfg.save_every and r % cfg.save_every == 0:
+            runs.save_checkpoint(cfg.out, f"round_{r:04d}", master, optimizer, r, cfg.model)
+    print(summary(cfg))
+    print(f"done: {cfg.out}/metrics.jsonl, {cfg.out}/plot.png, {cfg.out}/checkpoints/last")
 
 
 if __name__ == "__main__":

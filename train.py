@@ -14,16 +14,13 @@ fp32 on the CPU; sampling from a bf16 copy refreshed in place after training (`m
 The paper's lr 1e-7 is why: measured on CPU, AdamW at lr 1e-7 on bf16 weights moved 0.12 % of them in 10
 steps, on fp32 weights 99.9 % (bf16 keeps 8 significant bits: a step below ~0.2 % of a weight rounds away).
 """
-import argparse
 import contextlib
-import inspect
 import json
 import math
 import os
-import re
 import time
 import typing
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import torch
@@ -31,7 +28,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from model import Transformer, load_model, load_tokenizer, save_model
+import cli
+from data.prompts import load_tokenizer
+from model import Transformer, load_model, save_model, write_file
 
 IGNORE = -100  # target of prompt and padding positions: no loss there (the same value as HF's labels)
 Pair = tuple[list[int], list[int]]  # (prompt ids, response ids): EOS last when generated; cut-off ones kept whole
@@ -43,7 +42,7 @@ class TrainConfig:
     warmup_steps: int = 0               # updates of linear warmup from lr/warmup_steps up to lr (0 = none)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # after warmup; cosine decays to min_lr at total_steps
     min_lr: float = 0.0                 # floor of the cosine decay
-    total_steps: int = 0                # updates in the cosine schedule (0: the CLI counts its batches)
+    total_steps: int = 0                # length of the cosine schedule (0: the caller's count, batches or rounds)
     weight_decay: float = 0.01          # AdamW's decoupled decay, on every parameter
     beta1: float = 0.9                  # AdamW β1
     beta2: float = 0.999                # AdamW β2
@@ -55,8 +54,6 @@ class TrainConfig:
     micro_batch_tokens: int = 16384     # padded tokens per micro-batch (forward + backward at once)
     loss_chunk_rows: int = 4096         # token rows per chunk of the vocabulary-sized logits in the loss
     activation_checkpointing: bool = False  # recompute layers in backward: less memory, ~1/3 more compute
-    epochs: int = 1                     # passes over the data (CLI)
-    batch_size: int = 16                # pairs per optimizer update (CLI)
 
     def __post_init__(self):  # API callers get the CLI's checks on the Literal fields too
         hints = typing.get_type_hints(type(self))
@@ -64,43 +61,6 @@ class TrainConfig:
             kind = hints[f.name]
             if typing.get_origin(kind) is Literal and getattr(self, f.name) not in typing.get_args(kind):
                 raise ValueError(f"{f.name}={getattr(self, f.name)!r}: expected one of {typing.get_args(kind)}")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# CLI flags from a dataclass: `max_new_tokens` <-> `--max-new-tokens`, defaults and help from the class.
-
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, aliases: dict[str, str] | None = None) -> None:
-    """One flag per field: bool as --flag/--no-flag, Literal as choices, `X | None` accepts "none".
-    aliases: extra option strings for some fields, e.g. {"n": "-n"}. A bad flag is a one-line error (argparse
-    would print the usage of every flag first)."""
-    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
-    helps = {}
-    for klass in reversed(cls.__mro__):  # the trailing comment of each field line is its help
-        with contextlib.suppress(OSError, TypeError):
-            helps.update(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.*)$", inspect.getsource(klass), re.M))
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
-        kind, default = hints[f.name], f.default if f.default is not MISSING else f.default_factory()
-        kw = dict(default=default, help=helps.get(f.name, "").replace("%", "%%"))
-        args = typing.get_args(kind)
-        if kind is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(kind) is Literal:
-            kw.update(choices=args, type=type(args[0]))
-        elif type(None) in args and len(args) == 2:  # Optional[int|float|str]
-            inner = args[0] if args[1] is type(None) else args[1]
-            kw["type"] = lambda s, inner=inner: None if s.lower() == "none" else inner(s)
-        elif kind in (int, float, str):
-            kw["type"] = kind
-        else:
-            raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for type {kind}")
-        names = ["--" + f.name.replace("_", "-"), *([aliases[f.name]] if f.name in (aliases or {}) else [])]
-        parser.add_argument(*names, dest=f.name, **kw)
-
-
-def dataclass_from_args(cls, args: argparse.Namespace):
-    """cls built from the attributes of `args` named like its fields (others are ignored)."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -237,42 +197,41 @@ def autocast(device):  # bf16 on CUDA; fp32 on the CPU, where bf16 matmuls are s
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def loss_and_grad(model: Transformer, pairs: list[Pair], cfg: TrainConfig, tau_t: float | None = None):
-    """Forward + backward over `pairs` in micro-batches, adding into .grad; returns the aggregated loss (0-dim)."""
-    tau = cfg.tau_t if tau_t is None else tau_t
-    if not tau > 0:
-        raise ValueError(f"tau_t must be > 0, got {tau}")
+def micro_batch_losses(model: Transformer, pairs: list[Pair], cfg: TrainConfig):
+    """For each micro-batch: (its pair indices, the per-token losses (N,) of its response tokens at τt in
+    row-major order, the pair index of each of those tokens (N,)). The one forward loop of training."""
+    if not cfg.tau_t > 0:
+        raise ValueError(f"tau_t must be > 0, got {cfg.tau_t}")
     check_pairs(pairs, model.config.max_position_embeddings)
-    weights = loss_weights([len(r) for _, r in pairs], cfg.loss_agg)
     device = model.head_weight.device
     model.checkpoint_layers = cfg.activation_checkpointing
-    total = torch.zeros((), device=device)
     for group in micro_batches([len(p) + len(r) - 1 for p, r in pairs], cfg.micro_batch_tokens):
         inputs, targets = make_batch([pairs[i] for i in group], device)
-        w = torch.tensor([weights[i] for i in group], device=device)[:, None].expand(targets.shape)
         with autocast(device):
-            losses = token_losses(model, inputs, targets, tau, cfg.loss, cfg.loss_chunk_rows)
-        part = (losses * w[targets != IGNORE]).sum()
+            losses = token_losses(model, inputs, targets, cfg.tau_t, cfg.loss, cfg.loss_chunk_rows)
+        rows = torch.tensor(group, device=device)[(targets != IGNORE).nonzero()[:, 0]]
+        yield group, losses, rows
+
+
+def loss_and_grad(model: Transformer, pairs: list[Pair], cfg: TrainConfig) -> torch.Tensor:
+    """Forward + backward over `pairs` in micro-batches, adding into .grad; returns the aggregated loss (0-dim)."""
+    weights = torch.tensor(loss_weights([len(r) for _, r in pairs], cfg.loss_agg), device=model.head_weight.device)
+    total = torch.zeros((), device=model.head_weight.device)
+    for _, losses, rows in micro_batch_losses(model, pairs, cfg):
+        part = (losses * weights[rows]).sum()
         part.backward()
         total += part.detach()
     return total
 
 
 @torch.no_grad()
-def sequence_losses(model: Transformer, pairs: list[Pair], cfg: TrainConfig,
-                    tau_t: float | None = None) -> list[float]:
-    """Per pair, the response's summed per-token loss at τt: -log p(response | prompt) for "ce", the summed
-    entropy for "em". No gradients."""
-    check_pairs(pairs, model.config.max_position_embeddings)
-    device, out = model.head_weight.device, [0.0] * len(pairs)
-    for group in micro_batches([len(p) + len(r) - 1 for p, r in pairs], cfg.micro_batch_tokens):
-        inputs, targets = make_batch([pairs[i] for i in group], device)
-        with autocast(device):
-            losses = token_losses(model, inputs, targets, cfg.tau_t if tau_t is None else tau_t, cfg.loss,
-                                  cfg.loss_chunk_rows)
-        rows = (targets != IGNORE).nonzero()[:, 0]
-        for i, s in zip(group, torch.zeros(len(group), device=device).index_add_(0, rows, losses).tolist()):
-            out[i] = s
+def response_token_losses(model: Transformer, pairs: list[Pair], cfg: TrainConfig) -> list[torch.Tensor]:
+    """Per pair, the per-token losses of its response at τt, no gradients: -log p(token) for "ce" (their sum is
+    -log p(response | prompt)), the entropy for "em"."""
+    out = [None] * len(pairs)
+    for group, losses, _ in micro_batch_losses(model, pairs, cfg):
+        for i, part in zip(group, losses.split([len(pairs[i][1]) for i in group])):
+            out[i] = part
     return out
 
 
@@ -288,9 +247,9 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
                              weight_decay=cfg.weight_decay, fused=params[0].device.type == "cuda" or None)
 
 
-def train_step(model: Transformer, optimizer: torch.optim.AdamW, pairs: list[Pair], step: int, cfg: TrainConfig,
-               tau_t: float | None = None) -> dict:
-    """ONE optimizer update on `pairs` (update index `step`, for the lr). tau_t overrides cfg.tau_t.
+def train_step(model: Transformer, optimizer: torch.optim.AdamW, pairs: list[Pair], step: int,
+               cfg: TrainConfig) -> dict:
+    """ONE optimizer update on `pairs` (`step`: the index of the lr schedule, 0, 1, ...).
     Returns {loss, grad_norm (before clipping), lr, tokens (response), seq_tokens, skipped, seconds, tok_per_s}."""
     t0 = time.perf_counter()
     # 1. the lr of this step, written into the optimizer
@@ -300,7 +259,7 @@ def train_step(model: Transformer, optimizer: torch.optim.AdamW, pairs: list[Pai
     # 2. forward + backward over micro-batches; each token's weight comes from the whole update's batch
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_and_grad(model, pairs, cfg, tau_t)
+    loss = loss_and_grad(model, pairs, cfg)
     # 3. global-norm clipping (returns the norm before clipping)
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
@@ -351,8 +310,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
                for k, v in optimizer.state.get(p, {}).items()}
     header = dict(format="sept-optimizer", kind=type(optimizer).__name__, shapes=[list(p.shape) for p in params],
                   param_groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
-    save_file(tensors, path + ".tmp", metadata={"sept": json.dumps(header, default=str)})
-    os.replace(path + ".tmp", path)
+    write_file(path, lambda tmp: save_file(tensors, tmp, metadata={"sept": json.dumps(header, default=str)}))
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
@@ -389,7 +347,9 @@ class SFTConfig(TrainConfig):
     data: str = "pairs.jsonl"           # one {"prompt": "...", "response": "..."} object per line
     out: str = "out/sft"                # folder for the fine-tuned checkpoint (HF format, replaced atomically)
     eos: bool = True                    # append the first stop id to each response: the model learns to stop
-    device: str = ""                    # "" = cuda when available, else cpu
+    epochs: int = 1                     # passes over the data
+    batch_size: int = 16                # pairs per optimizer update
+    device: str = "auto"                # auto = cuda when available, else cpu
     seed: int = 0                       # order of the pairs in each epoch
 
 
@@ -422,11 +382,8 @@ def read_pairs(path: str, tokenizer, eos_ids: list[int], max_len: int) -> list[P
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_dataclass_args(parser, SFTConfig)
-    cfg = dataclass_from_args(SFTConfig, parser.parse_args(argv))
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg = cli.config_from_argv(SFTConfig, argv, __doc__.splitlines()[0])
+    device = cli.pick_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model)
     net = load_model(cfg.model, device, torch.float32)  # fp32 master weights
     if cfg.eos and not tokenizer.stop_ids:
@@ -445,8 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         tqdm.write(f"step {step} loss {st['loss']:.4f} grad_norm {st['grad_norm']:.4f} lr {st['lr']:.3e} "
                    f"tok/s {st['tok_per_s']:.0f}" + (" skipped (non-finite)" if st["skipped"] else ""))
     save_model(net, cfg.out, copy_from=cfg.model)
-    with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=2)
+    write_file(os.path.join(cfg.out, "train_config.json"), json.dumps(asdict(cfg), indent=2))
     print(f"saved {cfg.out}")
 
 

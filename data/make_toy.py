@@ -14,7 +14,6 @@ near 100%. Everything (tokenizer, questions, weights) follows from the seed.
     python data/make_toy.py                        # ~15 minutes on 2 CPU cores; writes data/toy/
     python data/make_toy.py --out /tmp/toy --pretrain-steps 300   # a quick, weaker one
 """
-import argparse
 import json
 import os
 import random
@@ -27,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import cli  # noqa: E402
 import model as model_lib  # noqa: E402
 import train  # noqa: E402
 
@@ -126,9 +126,7 @@ def pretrain(cfg: ToyConfig, tok, held_out: set[str], rng: random.Random) -> mod
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    train.add_dataclass_args(parser, ToyConfig)
-    cfg = train.dataclass_from_args(ToyConfig, parser.parse_args(argv))
+    cfg = cli.config_from_argv(ToyConfig, argv, __doc__.split("\n")[0])
     print("config " + json.dumps(asdict(cfg)))
     os.makedirs(cfg.out, exist_ok=True)
     rng = random.Random(cfg.seed)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -100,6 +101,45 @@ def render_chat_template(model_dir: str | Path, messages: list[dict]) -> str:
 def _token_text(token) -> str:
     """tokenizer_config.json stores a special token as a string or as {"content": "<s>", ...}."""
     return token["content"] if isinstance(token, dict) else str(token)
+
+
+# ---------------------------------------------------------------------------------------------- tokens
+
+# Chat-turn terminators: Qwen base checkpoints declare <|endoftext|> but end chat turns with <|im_end|>.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
+
+
+@dataclass
+class Tokenizer:
+    """A checkpoint's tokenizer.json (through `tokenizers`) and the ids at which generation stops."""
+    tok: object                     # tokenizers.Tokenizer
+    stop_ids: tuple[int, ...] = ()  # generation ends at the first of these
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """tokenizer.json of a checkpoint folder; stop ids from generation_config.json, config.json,
+    tokenizer_config.json and the end-of-turn tokens the vocabulary has."""
+    from tokenizers import Tokenizer as HFTokenizer
+    folder = Path(path)
+    if not (folder / "tokenizer.json").is_file():
+        raise ValueError(f"{folder}: no tokenizer.json")
+    tok = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+    stop = []
+    for name in ("generation_config.json", "config.json"):
+        if (folder / name).is_file():
+            eos = json.loads((folder / name).read_text()).get("eos_token_id")
+            stop += eos if isinstance(eos, list) else [eos] if eos is not None else []
+    if (folder / "tokenizer_config.json").is_file():
+        eos = json.loads((folder / "tokenizer_config.json").read_text()).get("eos_token")
+        stop.append(tok.token_to_id(_token_text(eos)) if eos else None)
+    stop += [tok.token_to_id(t) for t in END_OF_TURN_TOKENS]
+    return Tokenizer(tok, tuple(dict.fromkeys(i for i in stop if i is not None)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 from conftest import hf_logits
 
 import model
+from data import prompts
 
 
 def ids(vocab=256, B=2, T=37, seed=0):
@@ -94,7 +95,7 @@ def test_bf16_load_holds_half_the_bytes(make_checkpoint):
 
 def test_tokenizer_stop_ids(make_checkpoint):
     path = make_checkpoint("qwen2")
-    tok = model.load_tokenizer(path)
+    tok = prompts.load_tokenizer(path)
     eot, im_end = tok.tok.token_to_id("<|endoftext|>"), tok.tok.token_to_id("<|im_end|>")
     assert set(tok.stop_ids) == {eot, im_end}  # Qwen base declares <|endoftext|>; chat turns end with <|im_end|>
     text = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n"

@@ -30,9 +30,9 @@ def test_cached_decode_equals_full_forward(make_checkpoint, monkeypatch, backend
     cache.filled = T
     tokens = torch.tensor([p + [0] * (T - len(p)) for p in prompts])
     lens = torch.tensor([len(p) for p in prompts], dtype=torch.int32)
+    cache.lens = lens  # the prompt lengths, set before the prefill (its attention skips the padding)
     with torch.no_grad():
         h = m.hidden_states(tokens, cache, torch.arange(T).expand(B, T))
-        cache.lens = lens
         got = [F.linear(h[torch.arange(B), lens.long() - 1], m.head_weight)]
         for s in range(steps - 1):
             cache.filled = T + s + 1

@@ -48,7 +48,7 @@ def test_solutions_carry_a_wrong_step_forward():
 def test_shipped_toy_loads_and_is_small():
     m = model_lib.load_model(TOY)
     assert os.path.getsize(os.path.join(TOY, "model.safetensors")) <= 10 * 2**20
-    tok = model_lib.load_tokenizer(TOY)
+    tok = prompts.load_tokenizer(TOY)
     assert tok.stop_ids == (tok.tok.token_to_id(make_toy.EOS),)
     text = prompts.build_prompt("12+47+30", "toy") + " 12+47=59, 59+30=89. \\boxed{89}"
     assert tok.decode(tok.encode(text)) == text
@@ -59,7 +59,7 @@ def test_shipped_toy_loads_and_is_small():
 def test_shipped_toy_prefers_right_answers_by_small_margins():
     """On 48 test questions x 16 samples: sampling at τ=0.6 is right much more often than at τ=1, and nearly
     every question is solved by some sample (pass@16). data/README.md has the full n=32 figures."""
-    m, tok = model_lib.load_model(TOY), model_lib.load_tokenizer(TOY)
+    m, tok = model_lib.load_model(TOY), prompts.load_tokenizer(TOY)
     qs = questions.load_questions(os.path.join(TOY, "test.jsonl"))[:48]
     ids = [tok.encode(prompts.build_prompt(q.problem, "toy")) for q in qs for _ in range(16)]
     result = {}
