@@ -310,21 +310,27 @@ class Transformer(nn.Module):
         return F.linear(self.hidden_states(input_ids), self.head_weight)
 
 
+def empty_model(cfg: ModelConfig, device, dtype) -> Transformer:
+    """A Transformer whose weights are allocated (uninitialized) once, in `dtype` on `device`: built on the meta
+    device first, so that no fp32 copy is ever initialized on the CPU."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    return model.to(dtype).to_empty(device=device)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Loading and saving HF-format checkpoints.
 
 def read_config(path: str) -> ModelConfig:
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: no such checkpoint folder")
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
-        raise CheckpointError(f"{path}: no config.json (expected a Hugging Face checkpoint folder)")
+        raise CheckpointError(f"{path}: " + ("no config.json (expected a Hugging Face checkpoint folder)"
+                                             if os.path.isdir(path) else "no such checkpoint folder"))
     try:
         with open(file) as f:
-            hf = json.load(f)
+            return config_from_hf(json.load(f), file)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file}: not valid JSON ({e})") from None
-    return config_from_hf(hf, file)
 
 
 def checkpoint_files(path: str) -> list[str]:
@@ -344,14 +350,9 @@ def checkpoint_files(path: str) -> list[str]:
 
 def load_model(path: str, device="cpu", dtype=None) -> Transformer:
     """Strict load: every tensor used, every parameter filled, shapes equal. dtype None = the stored dtype.
-
-    The model is built on the meta device and materialized once in the target dtype; tensors then stream
-    one at a time from the (memory-mapped) files, so the peak is about one copy of the weights."""
+    Tensors stream one at a time from the (memory-mapped) files into empty_model: one copy of the weights."""
     cfg = read_config(path)
-    dtype = dtype or DTYPES[cfg.dtype]
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model = model.to(dtype).to_empty(device=device)
+    model = empty_model(cfg, device, dtype or DTYPES[cfg.dtype])
     params = dict(model.named_parameters())
     filled = set()
     for file in checkpoint_files(path):

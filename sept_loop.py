@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -117,15 +118,16 @@ def questions_for_round(r: int, n_questions: int, cfg: SePTConfig) -> list[int]:
     for pos in range(first, first + cfg.batch_prompts):
         epoch, i = divmod(pos, n_questions)
         if epoch not in passes:
-            generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+            generator = torch.Generator().manual_seed(seed_for(cfg, "questions", epoch))
             passes[epoch] = torch.randperm(n_questions, generator=generator).tolist()
         picked.append(passes[epoch][i])
     return picked
 
 
-def round_seed(cfg: SePTConfig, r: int, purpose: str) -> int:
-    """Distinct, reproducible seeds for each round's sampling, shuffling and evaluation."""
-    return (cfg.seed * 1_000_003 + r) * 4 + {"train": 0, "eval": 1, "shuffle": 2, "sweep": 3}[purpose]
+def seed_for(cfg: SePTConfig, purpose: str, r: int) -> int:
+    """The seed of one random choice, a pure function of (--seed, what it is for, its round or pass): runs are
+    reproducible, a resumed run draws what the uninterrupted one would, and no two choices share a stream."""
+    return zlib.crc32(f"{cfg.seed}:{purpose}:{r}".encode())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -140,7 +142,7 @@ def draw_answers(sampler: model_lib.Transformer, prompts_ids: list[list[int]], *
     for c in tqdm(chunks, desc=desc, leave=False, disable=len(chunks) == 1):
         stats = {}
         responses += sample.generate(sampler, prompts_ids[c:c + batch], max_new_tokens=max_new_tokens,
-                                     temperature=tau, top_p=top_p, eos_ids=stop_ids, seed=seed * 1000 + c // batch,
+                                     temperature=tau, top_p=top_p, eos_ids=stop_ids, seed=seed + c // batch,
                                      stats=stats)
         entropies += stats["entropy"]
     return responses, entropies
@@ -194,7 +196,7 @@ def offline_answers(cfg: SePTConfig, sampler, train_ids: list[list[int]], stop_i
         responses, entropies = draw_answers(sampler, [train_ids[i] for i in used], tau=cfg.tau_s_start,
                                             max_new_tokens=cfg.max_response_tokens, top_p=cfg.top_p,
                                             stop_ids=stop_ids, batch=cfg.sample_batch,
-                                            seed=round_seed(cfg, 0, "train"), desc="offline answers")
+                                            seed=seed_for(cfg, "train", 0), desc="offline answers")
         model_lib.write_file(path, "".join(json.dumps(dict(question=i, response=resp, entropy=h)) + "\n"
                                            for i, resp, h in zip(used, responses, entropies)))
     answers = {}
@@ -333,7 +335,7 @@ def sweep(cfg: SePTConfig, sampler, tokenizer, test_sets: dict) -> None:
     """The no-training baseline: the initial model at each τ of --sweep; the best by AVG(pass@1, @8, @32)."""
     results = []
     for tau in (float(t) for t in cfg.sweep.split(",")):
-        results.append(evaluate_at(cfg, sampler, tokenizer, test_sets, tau, round_seed(cfg, 0, "sweep")))
+        results.append(evaluate_at(cfg, sampler, tokenizer, test_sets, tau, seed_for(cfg, "sweep", 0)))
         runs.append_metrics(cfg.out, dict(round=0, sweep=True, **results[-1]))
         print(f"sweep τ={tau:.2f} | " + metric_text(results[-1]))
     best = max(results, key=lambda m: grading.avg_pass(m) if "pass@32" in m else m["pass@1"])
@@ -374,7 +376,7 @@ def main(argv=None):
     train_qs, train_ids = encode_questions(cfg.train_questions, cfg, tokenizer, context)
     if start == 0:
         report_eval(cfg, 0, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
-                                        round_seed(cfg, 0, "eval")))
+                                        seed_for(cfg, "eval", 0)))
     offline = offline_answers(cfg, sampler, train_ids, tokenizer.stop_ids) if cfg.offline else None
 
     for r in range(start + 1, cfg.rounds + 1):
@@ -388,12 +390,12 @@ def main(argv=None):
         responses, entropies = offline_round(offline, fresh) if cfg.offline else draw_answers(
             sampler, [train_ids[i] for i in picked], tau=tau_s, max_new_tokens=cfg.max_response_tokens,
             top_p=cfg.top_p, stop_ids=tokenizer.stop_ids, batch=cfg.sample_batch,
-            seed=round_seed(cfg, r, "train"), desc=f"round {r} sample")
+            seed=seed_for(cfg, "train", r), desc=f"round {r} sample")
         t1 = time.time()
         # 3. µ updates of plain cross-entropy on its own answers at τt (their grades are logged, never used)
         pairs = [(train_ids[i], resp) for i, resp in zip(picked, responses) if resp]
         steps = train_on_answers(master, optimizer, pairs, r - 1, rcfg, cfg.updates_per_round,
-                                 round_seed(cfg, r, "shuffle"), f"round {r} train")
+                                 seed_for(cfg, "shuffle", r), f"round {r} train")
         stop_if_not_finite(steps, r, cfg)
         # 4. refresh the sampling copy: the next round samples from the updated model
         train.refresh_sampler(master, sampler)
@@ -406,7 +408,7 @@ def main(argv=None):
         log_round(cfg, line, [train_qs[i] for i in picked], responses, texts, grades)
         if r == cfg.rounds or (cfg.eval_every and r % cfg.eval_every == 0):
             report_eval(cfg, r, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
-                                            round_seed(cfg, r, "eval")))
+                                            seed_for(cfg, "eval", r)))
         if r == cfg.rounds or r % cfg.checkpoint_every == 0:
             runs.save_checkpoint(cfg.out, "last", master, optimizer, r, cfg.model)
         if cfg.save_every and r % cfg.save_every == 0:

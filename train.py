@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import cli
 from data.prompts import load_tokenizer
-from model import Transformer, load_model, save_model, write_file
+from model import Transformer, empty_model, load_model, save_model, write_file
 
 IGNORE = -100  # target of prompt and padding positions: no loss there (the same value as HF's labels)
 Pair = tuple[list[int], list[int]]  # (prompt ids, response ids): EOS last when generated; cut-off ones kept whole
@@ -282,9 +282,7 @@ def make_sampler(master: Transformer, dtype: torch.dtype) -> Transformer:
     IS the master: one copy serves both and refresh_sampler does nothing."""
     if dtype == master.head_weight.dtype:
         return master
-    with torch.device("meta"):
-        sampler = Transformer(master.config)
-    sampler = sampler.to(dtype).to_empty(device=master.head_weight.device)
+    sampler = empty_model(master.config, master.head_weight.device, dtype)
     refresh_sampler(master, sampler)
     return sampler.eval()
 

@@ -341,10 +341,7 @@ class Grade:
 
 
 def grade(response: str, truth: str | None, timeout: float = 5.0) -> Grade:
-    extracted = extract_boxed(response)
-    if truth is None:
-        return Grade(extracted, None)
-    return Grade(extracted, extracted is not None and is_equivalent(extracted, truth, timeout))
+    return grade_many([response], [truth], timeout, workers=1)[0]
 
 
 def grade_many(responses: list[str], truths: list[str | None], timeout: float = 5.0, workers: int = 4) -> list[Grade]:
