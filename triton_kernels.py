@@ -82,6 +82,21 @@ if triton is not None:
         return c
 
     @triton.jit
+    def _online_softmax_step(q, kt, v, m_i, l_i, acc, qk_scale, keep, FP32_DOT: tl.constexpr):
+        # one key block of the online softmax, log2 domain: scores s = q K^T, a new running max m, the old sum l
+        # and output acc rescaled by alpha = 2^(m_old - m_new), this block's p = 2^(s - m) added. keep: None (no
+        # mask) or a [rows, BLOCK_N] mask of the keys this block may attend to. Returns the new (m_i, l_i, acc).
+        s = _dot(q, kt, FP32_DOT) * qk_scale                                               # [rows, BLOCK_N]
+        if keep is not None:
+            s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, FP32_DOT)
+        return m_new, l_i, acc
+
+    @triton.jit
     def _prefill_kernel(Q, K, V, O, LENS, qk_scale, T, Hq, G,
                         sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh,
                         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP32_DOT: tl.constexpr):
@@ -108,31 +123,17 @@ if triton is not None:
         # 3. key blocks wholly below the diagonal: every key < start_m < L is valid, so no mask at all.
         #    A block of padding rows (start_m >= L) skips steps 3 and 4 and writes zeros.
         for start_n in range(0, tl.where(start_m < L, start_m, 0), BLOCK_N):
-            kt = tl.load(kt_ptrs + start_n * skt)
-            s = _dot(q, kt, FP32_DOT) * qk_scale                                           # [BLOCK_M, BLOCK_N]
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_ptrs + start_n * svt)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, FP32_DOT)
-            m_i = m_new
+            kt, v = tl.load(kt_ptrs + start_n * skt), tl.load(v_ptrs + start_n * svt)
+            m_i, l_i, acc = _online_softmax_step(q, kt, v, m_i, l_i, acc, qk_scale, None, FP32_DOT)
 
         # 4. blocks on the diagonal: mask keys after the query and keys past the prompt (none if start_m >= L)
         hi = tl.where(start_m < L, tl.minimum(start_m + BLOCK_M, L), start_m)
         for start_n in range(start_m, hi, BLOCK_N):
             cols = start_n + offs_n
             kt = tl.load(kt_ptrs + start_n * skt, mask=cols[None, :] < L, other=0.0)
-            s = _dot(q, kt, FP32_DOT) * qk_scale
-            keep = (cols[None, :] <= offs_m[:, None]) & (cols[None, :] < L)
-            s = tl.where(keep, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(v_ptrs + start_n * svt, mask=cols[:, None] < L, other=0.0)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, FP32_DOT)
-            m_i = m_new
+            keep = (cols[None, :] <= offs_m[:, None]) & (cols[None, :] < L)
+            m_i, l_i, acc = _online_softmax_step(q, kt, v, m_i, l_i, acc, qk_scale, keep, FP32_DOT)
 
         # 5. normalize; padding rows (>= L) are written as zeros
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -171,15 +172,8 @@ if triton is not None:
         for start_n in range(lo, hi, BLOCK_N):
             cols = start_n + offs_n
             kt = tl.load(kt_ptrs + start_n * sks, mask=cols[None, :] < hi, other=0.0)
-            s = _dot(q, kt, FP32_DOT) * qk_scale                                           # [G_PAD, BLOCK_N]
-            s = tl.where(cols[None, :] < hi, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(v_ptrs + start_n * svs, mask=cols[:, None] < hi, other=0.0)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, FP32_DOT)
-            m_i = m_new
+            m_i, l_i, acc = _online_softmax_step(q, kt, v, m_i, l_i, acc, qk_scale, cols[None, :] < hi, FP32_DOT)
 
         # 4. normalized partial output, and its log2-sum-exp2 weight for the merge
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
