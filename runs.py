@@ -61,14 +61,73 @@ def find_checkpoint(out: str) -> str | None:
     return None
 
 
+# ----------------------------------------------------------------------------------------------------------
+# What a round reports: its line of metrics, on stdout too.
+
+def round_metrics(r: int, tau_s: float, tau_t: float, steps: list[dict], responses, entropies, grades,
+                  tokenizer) -> dict:
+    """The round's line of metrics.jsonl: schedules, loss, answer lengths and stops, entropy, and the share of
+    training answers that were right (logged for the reader; SePT never sees it)."""
+    stop_ids, stops = tokenizer.stop_ids, {}
+    for resp in responses:
+        key = tokenizer.decode([resp[-1]]) if resp and resp[-1] in stop_ids else "none (truncated)"
+        stops[key] = stops.get(key, 0) + 1
+    lens, known = [len(resp) for resp in responses], [g.correct for g in grades if g.correct is not None]
+    return dict(round=r, tau_s=tau_s, tau_t=tau_t, lr=steps[0]["lr"], loss=sum(s["loss"] for s in steps) / len(steps),
+                grad_norm=max(s["grad_norm"] for s in steps), response_len_mean=sum(lens) / len(lens),
+                response_len_max=max(lens), truncation_rate=stops.get("none (truncated)", 0) / len(responses),
+                stop_tokens=stops, entropy=sum(entropies) / len(entropies),
+                train_answers_correct=sum(known) / len(known) * 100 if known else None)
+
+
+def reward_metrics(rewards: list[float], group: int) -> dict:
+    """The mean reward, and the share of questions whose G answers all got the same reward (no signal)."""
+    groups = [rewards[g:g + group] for g in range(0, len(rewards), group)]
+    return dict(reward=sum(rewards) / len(rewards), groups_all_same=sum(len(set(g)) == 1 for g in groups) / len(groups))
+
+
+def log_round(out: str, line: dict, qs: list, responses, texts, grades) -> None:
+    """The round's line into metrics.jsonl and onto stdout, its answers into samples/round_NNNN.jsonl."""
+    append_metrics(out, line)
+    write_samples(out, line["round"], [
+        dict(id=q.id, question=q.problem, response=t, response_tokens=len(resp), extracted=g.extracted,
+             answer=q.answer, correct=g.correct) for q, resp, t, g in zip(qs, responses, texts, grades)])
+    acc = line["train_answers_correct"]
+    print(f"round {line['round']} | τs {line['tau_s']:.2f} τt {line['tau_t']:.2f} lr {line['lr']:.2e} | loss "
+          f"{line['loss']:.4f} gnorm {line['grad_norm']:.3f} | len {line['response_len_mean']:.1f}/"
+          f"{line['response_len_max']} trunc {line['truncation_rate'] * 100:.1f}% | H {line['entropy']:.3f}"
+          + (f" | answers correct {acc:.1f}%" if acc is not None else "")
+          + (f" | reward {line['reward']:.3f} no-signal groups {line['groups_all_same'] * 100:.0f}%"
+             if "reward" in line else "")
+          + f" | sample {line['seconds_sampling']:.1f}s train {line['seconds_training']:.1f}s")
+
+
+def metric_text(m: dict) -> str:
+    return " ".join(f"{k} {m[k]:.1f}" for k in ("pass@1", "pass@8", "pass@32") if k in m)
+
+
+def report_eval(out: str, r: int, result: dict, eval_temperature: float, title: str) -> None:
+    append_metrics(out, dict(round=r, **result))
+    print(f"eval round {r} τ={result['eval_temperature']} | {metric_text(result)} ({result['seconds_eval']:.0f}s)")
+    write_plot(out, eval_temperature, title)
+
+
+def summary(out: str, eval_temperature: float) -> str:
+    """First and last evaluation of the run, side by side."""
+    evals = [m for m in read_metrics(out) if "pass@1" in m and not m.get("sweep")]
+    first, last = evals[0], evals[-1]
+    return f"summary τ={eval_temperature}: " + " | ".join(
+        f"{k} {first[k]:.1f} -> {last[k]:.1f} ({last[k] - first[k]:+.1f})" for k in ("pass@1", "pass@8", "pass@32")
+        if k in first) + f" (round {first['round']} -> {last['round']})"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plots.
+
 def write_plot(out: str, eval_temperature: float, title: str) -> None:
     """plot.png: pass@k at τ_eval and τs against rounds."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("plot.png skipped: pip install matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
     lines = read_metrics(out)
     evals = [m for m in lines if "pass@1" in m and m.get("eval_temperature") == eval_temperature]
@@ -86,6 +145,58 @@ def write_plot(out: str, eval_temperature: float, title: str) -> None:
         ax2.legend(loc="lower right")
     ax.legend(loc="upper left")
     ax.set_title(title)
+    save_figure(fig, os.path.join(out, "plot.png"))
+
+
+def write_sweep_plot(out: str, results: list[dict]) -> None:
+    """sweep.png: pass@1 and pass@32 of the untrained model against the sampling temperature (the paper's Fig. 1a)."""
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    taus = [m["eval_temperature"] for m in results]
+    for k in (1, 8, 32):
+        if all(f"pass@{k}" in m for m in results):
+            ax.plot(taus, [m[f"pass@{k}"] for m in results], marker="o", label=f"pass@{k}")
+    ax.set(xlabel="sampling temperature τ", ylabel="pass@k (%)", ylim=(0, 100), title="the base model, untrained")
+    ax.legend()
+    save_figure(fig, os.path.join(out, "sweep.png"))
+
+
+def write_comparison(run_dirs: list[str], png: str) -> None:
+    """Several runs on one plot: pass@1 and pass@32 against rounds, one line per run, labelled by its settings."""
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in run_dirs:
+        with open(os.path.join(run, "config.json")) as f:
+            c = json.load(f)
+        label = (f"{os.path.basename(run.rstrip('/'))}: {c['algo']}, {c['loss']}, τs {c['tau_s_start']:g}"
+                 f"{' = τt' if c['couple'] else ''}{', offline' if c['offline'] else ''}, lr {c['lr']:g}")
+        evals = [m for m in read_metrics(run) if "pass@1" in m and not m.get("sweep")
+                 and m["eval_temperature"] == c["eval_temperature"]]
+        for ax, k in zip(axes, ("pass@1", "pass@32")):
+            ax.plot([m["round"] for m in evals], [m.get(k) for m in evals], marker="o", label=label)
+    for ax, k in zip(axes, ("pass@1", "pass@32")):
+        ax.set(xlabel="round", ylabel=f"{k} (%) at the runs' τ_eval", title=k)
+    axes[0].legend(fontsize=7)
+    save_figure(fig, png)
+    print(f"wrote {png}")
+
+
+def pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("plots skipped: pip install matplotlib")
+        return None
+
+
+def save_figure(fig, path: str) -> None:
     fig.tight_layout()
-    model_lib.write_file(os.path.join(out, "plot.png"), lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    model_lib.write_file(path, lambda tmp: fig.savefig(tmp, format="png"))
+    pyplot().close(fig)

@@ -44,7 +44,8 @@ TOY = os.path.join(HERE, "data", "toy")
 class SePTConfig(train.TrainConfig):
     """The loop's settings; the trainer's (lr, warmup_steps, tau_t, loss, ...) come from train.TrainConfig.
     Defaults are the official recipe (ElementQi/SePT, sept_1e7_dsr.sh); a preset changes some (PRESETS)."""
-    preset: str = "toy"                 # starting values: toy (the embedded world) or paper; flags override them
+    preset: str = "toy"                 # starting values (PRESETS): toy, paper, toy-grpo, paper-grpo, toy-em, paper-em
+    algo: Literal["sept", "grpo"] = "sept"  # sept: train on own answers, no reward; grpo: the RLVR baseline
     model: str = ""                     # base checkpoint folder (HF format)
     train_questions: str = ""           # questions the rounds draw from (jsonl / parquet)
     test_questions: str = ""            # held-out sets, comma-separated, for pass@k
@@ -69,22 +70,30 @@ class SePTConfig(train.TrainConfig):
     eval_temperature: float = 1.0       # τ_eval
     eval_max_questions: int = 0         # use the first N questions of each test file (0 = all)
     sweep: str = ""                     # e.g. 0.0,0.2,0.4: evaluate the initial model at these τ, then stop
+    compare: str = ""                   # run folders, comma-separated: plot them together into --out (a .png)
     sample_batch: int = 256             # sequences per generate call (bounds the KV cache's memory)
     checkpoint_every: int = 10          # write checkpoints/last every this many rounds (resume point)
     save_every: int = 50                # also keep checkpoints/round_NNNN every this many rounds (0 = never)
     seed: int = 0                       # every random choice is a pure function of (seed, round)
     device: str = "auto"                # auto = cuda when available, else cpu
     sample_dtype: str = "auto"          # auto = bfloat16 on cuda, float32 on cpu (the master is always fp32)
+    export_verl: str = ""               # write DIR/run.sh + DIR/data/ for the official verl recipe (8 GPUs), then stop
 
 
+PAPER = dict(warmup_steps=10, activation_checkpointing=True, micro_batch_tokens=32768, save_every=300)
+TOY_WORLD = dict(model=TOY, train_questions=os.path.join(TOY, "train.jsonl"), template="toy",
+                 test_questions=os.path.join(TOY, "test.jsonl"), max_response_tokens=64, eval_every=2,
+                 sample_batch=2048, checkpoint_every=1, save_every=0, lr=1e-4, warmup_steps=3)
+COUPLED_1 = dict(tau_s_start=1.0, tau_s_end=1.0, tau_s_schedule="constant")  # sample (and train) at τ = 1
 PRESETS = {
-    # the official recipe: the defaults above, with the trainer settings of sept_1e7_dsr.sh
-    "paper": dict(warmup_steps=10, activation_checkpointing=True, micro_batch_tokens=32768),
-    # the embedded toy world, SePT visibly at work on 2 CPU cores in minutes (README: "Results on the toy")
-    "toy": dict(model=TOY, train_questions=os.path.join(TOY, "train.jsonl"), template="toy",
-                test_questions=os.path.join(TOY, "test.jsonl"), batch_prompts=256, updates_per_round=8,
-                tau_s_end=0.6, tau_s_schedule="constant", lr=1e-4, warmup_steps=3, max_response_tokens=64,
-                eval_every=2, sample_batch=2048, checkpoint_every=1, save_every=0),
+    # the official scripts (ElementQi/SePT, sept/examples/): the defaults above plus their trainer settings
+    "paper": PAPER,                                                                    # sept_1e7_dsr.sh
+    "paper-grpo": dict(PAPER, algo="grpo", lr=5e-7, rollouts=8, **COUPLED_1),         # grpo_5e7_dsr.sh
+    "paper-em": dict(PAPER, loss="em", couple=True, tau_s_start=1.0, save_every=50),  # em_1e7_dsr.sh
+    # the embedded toy world, on 2 CPU cores in minutes (README: "Results on the toy")
+    "toy": dict(TOY_WORLD, batch_prompts=256, updates_per_round=8, tau_s_end=0.6, tau_s_schedule="constant"),
+    "toy-grpo": dict(TOY_WORLD, algo="grpo", batch_prompts=32, rollouts=8, updates_per_round=2, **COUPLED_1),
+    "toy-em": dict(TOY_WORLD, loss="em", couple=True, batch_prompts=256, updates_per_round=8, **COUPLED_1),
 }
 
 
@@ -149,18 +158,36 @@ def draw_answers(sampler: model_lib.Transformer, prompts_ids: list[list[int]], *
 
 
 def train_on_answers(master: model_lib.Transformer, optimizer, pairs: list[train.Pair], step: int,
-                     tcfg: train.TrainConfig, updates: int, seed: int, desc: str = "") -> list[dict]:
+                     tcfg: train.TrainConfig, updates: int, seed: int, desc: str = "",
+                     advantages: list[float] | None = None) -> list[dict]:
     """µ AdamW updates on the round's (prompt, answer) pairs, shuffled and split into µ mini-batches. Stops at
-    the first update whose loss or gradient is not finite (train_step then leaves the weights untouched)."""
+    the first update whose loss or gradient is not finite (train_step then leaves the weights untouched).
+    With `advantages` (GRPO) each mini-batch first gets the log-probabilities of the model that sampled it,
+    all before the first update: that update's ratio p / p_old is then exactly 1."""
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
     size = math.ceil(len(pairs) / updates)
+    batches = [order[u * size:(u + 1) * size] for u in range(updates)]
+    policies = [None] * updates if advantages is None else [
+        train.PolicyTargets([advantages[i] for i in b],
+                            [-t for t in train.response_token_losses(master, [pairs[i] for i in b], tcfg)])
+        for b in batches]
     steps = []
-    for u in tqdm(range(updates), desc=desc, leave=False):
-        steps.append(train.train_step(master, optimizer, [pairs[i] for i in order[u * size:(u + 1) * size]],
-                                      step, tcfg))
+    for batch, policy in tqdm(list(zip(batches, policies)), desc=desc, leave=False):
+        steps.append(train.train_step(master, optimizer, [pairs[i] for i in batch], step, tcfg, policy))
         if steps[-1]["skipped"]:
             break
     return steps
+
+
+def group_advantages(rewards: list[float], group: int) -> list[float]:
+    """GRPO's advantage of each answer: (r - mean) / (std + 1e-6) over the G answers to its question (verl's
+    grpo estimator: unbiased std, and a group of one keeps its reward). Equal rewards give 0: no signal."""
+    out = []
+    for g in range(0, len(rewards), group):
+        r = torch.tensor(rewards[g:g + group], dtype=torch.float64)
+        mean, std = (r.mean(), r.std()) if len(r) > 1 else (torch.tensor(0.0), torch.tensor(1.0))
+        out += ((r - mean) / (std + 1e-6)).tolist()
+    return out
 
 
 def evaluate(sampler: model_lib.Transformer, tokenizer: prompts.Tokenizer, test_sets: dict, *, n: int, tau: float,
@@ -221,55 +248,11 @@ def stop_if_not_finite(steps: list[dict], r: int, cfg: SePTConfig) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# What a round prints and logs (runs.py writes the files).
-
-def round_metrics(r: int, tau_s: float, tau_t: float, steps: list[dict], responses, entropies, grades,
-                  tokenizer: prompts.Tokenizer) -> dict:
-    """The round's line of metrics.jsonl: schedules, loss, answer lengths and stops, entropy, and the share of
-    training answers that were right (logged for the reader; SePT never sees it)."""
-    stop_ids, stops = tokenizer.stop_ids, {}
-    for resp in responses:
-        key = tokenizer.decode([resp[-1]]) if resp and resp[-1] in stop_ids else "none (truncated)"
-        stops[key] = stops.get(key, 0) + 1
-    lens, known = [len(resp) for resp in responses], [g.correct for g in grades if g.correct is not None]
-    return dict(round=r, tau_s=tau_s, tau_t=tau_t, lr=steps[0]["lr"], loss=sum(s["loss"] for s in steps) / len(steps),
-                grad_norm=max(s["grad_norm"] for s in steps), response_len_mean=sum(lens) / len(lens),
-                response_len_max=max(lens), truncation_rate=stops.get("none (truncated)", 0) / len(responses),
-                stop_tokens=stops, entropy=sum(entropies) / len(entropies),
-                train_answers_correct=sum(known) / len(known) * 100 if known else None)
-
-
-def log_round(cfg: SePTConfig, line: dict, qs: list[questions.Question], responses, texts, grades) -> None:
-    runs.append_metrics(cfg.out, line)
-    runs.write_samples(cfg.out, line["round"], [
-        dict(id=q.id, question=q.problem, response=t, response_tokens=len(resp), extracted=g.extracted,
-             answer=q.answer, correct=g.correct) for q, resp, t, g in zip(qs, responses, texts, grades)])
-    acc = line["train_answers_correct"]
-    print(f"round {line['round']} | τs {line['tau_s']:.2f} τt {line['tau_t']:.2f} lr {line['lr']:.2e} | loss "
-          f"{line['loss']:.4f} gnorm {line['grad_norm']:.3f} | len {line['response_len_mean']:.1f}/"
-          f"{line['response_len_max']} trunc {line['truncation_rate'] * 100:.1f}% | H {line['entropy']:.3f}"
-          + (f" | answers correct {acc:.1f}%" if acc is not None else "")
-          + f" | sample {line['seconds_sampling']:.1f}s train {line['seconds_training']:.1f}s")
-
-
-def metric_text(m: dict) -> str:
-    return " ".join(f"{k} {m[k]:.1f}" for k in ("pass@1", "pass@8", "pass@32") if k in m)
-
+# What a round reports (runs.py formats and writes it).
 
 def report_eval(cfg: SePTConfig, r: int, result: dict) -> None:
-    runs.append_metrics(cfg.out, dict(round=r, **result))
-    print(f"eval round {r} τ={result['eval_temperature']} | {metric_text(result)} ({result['seconds_eval']:.0f}s)")
-    runs.write_plot(cfg.out, cfg.eval_temperature,
-                    f"SePT on {os.path.basename(cfg.model.rstrip('/'))}" + (" (offline)" if cfg.offline else ""))
-
-
-def summary(cfg: SePTConfig) -> str:
-    """First and last evaluation of the run, side by side."""
-    evals = [m for m in runs.read_metrics(cfg.out) if "pass@1" in m and not m.get("sweep")]
-    first, last = evals[0], evals[-1]
-    return f"summary τ={cfg.eval_temperature}: " + " | ".join(
-        f"{k} {first[k]:.1f} -> {last[k]:.1f} ({last[k] - first[k]:+.1f})" for k in ("pass@1", "pass@8", "pass@32")
-        if k in first) + f" (round {first['round']} -> {last['round']})"
+    title = f"{cfg.algo} on {os.path.basename(cfg.model.rstrip('/'))}" + (" (offline)" if cfg.offline else "")
+    runs.report_eval(cfg.out, r, result, cfg.eval_temperature, title)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -331,15 +314,22 @@ def encode_questions(path: str, cfg: SePTConfig, tokenizer, context: int, limit:
     return qs, ids
 
 
+def require_answers(path: str, qs: list[questions.Question], why: str) -> None:
+    missing = next((q for q in qs if q.answer is None), None)
+    if missing is not None:
+        raise ValueError(f"{path}: question {missing.id} has no answer ({why})")
+
+
 def sweep(cfg: SePTConfig, sampler, tokenizer, test_sets: dict) -> None:
     """The no-training baseline: the initial model at each τ of --sweep; the best by AVG(pass@1, @8, @32)."""
     results = []
     for tau in (float(t) for t in cfg.sweep.split(",")):
         results.append(evaluate_at(cfg, sampler, tokenizer, test_sets, tau, seed_for(cfg, "sweep", 0)))
         runs.append_metrics(cfg.out, dict(round=0, sweep=True, **results[-1]))
-        print(f"sweep τ={tau:.2f} | " + metric_text(results[-1]))
+        print(f"sweep τ={tau:.2f} | " + runs.metric_text(results[-1]))
     best = max(results, key=lambda m: grading.avg_pass(m) if "pass@32" in m else m["pass@1"])
-    print(f"best temperature {best['eval_temperature']} ({metric_text(best)})")
+    print(f"best temperature {best['eval_temperature']} ({runs.metric_text(best)}); plot: {cfg.out}/sweep.png")
+    runs.write_sweep_plot(cfg.out, results)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -347,7 +337,12 @@ def sweep(cfg: SePTConfig, sampler, tokenizer, test_sets: dict) -> None:
 
 def main(argv=None):
     cfg = resolve_config(argv)
+    if cfg.compare:  # no run: several finished ones laid on one plot
+        return runs.write_comparison(cfg.compare.split(","), cfg.out)
     check_config(cfg)
+    if cfg.export_verl:  # the official verl recipe's launch and data instead of a run (data/verl.py)
+        from data import verl
+        return verl.export(cfg, cfg.export_verl)
     device = cli.pick_device(cfg.device)
     sample_dtype = cli.pick_dtype(cfg.sample_dtype, device)
     os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
@@ -374,6 +369,8 @@ def main(argv=None):
     if cfg.sweep:
         return sweep(cfg, sampler, tokenizer, test_sets)
     train_qs, train_ids = encode_questions(cfg.train_questions, cfg, tokenizer, context)
+    if cfg.algo == "grpo":  # its reward is the grade of each answer
+        require_answers(cfg.train_questions, train_qs, "--algo grpo rewards each answer by its grade")
     if start == 0:
         report_eval(cfg, 0, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
                                         seed_for(cfg, "eval", 0)))
@@ -392,20 +389,26 @@ def main(argv=None):
             top_p=cfg.top_p, stop_ids=tokenizer.stop_ids, batch=cfg.sample_batch,
             seed=seed_for(cfg, "train", r), desc=f"round {r} sample")
         t1 = time.time()
-        # 3. µ updates of plain cross-entropy on its own answers at τt (their grades are logged, never used)
-        pairs = [(train_ids[i], resp) for i, resp in zip(picked, responses) if resp]
-        steps = train_on_answers(master, optimizer, pairs, r - 1, rcfg, cfg.updates_per_round,
-                                 seed_for(cfg, "shuffle", r), f"round {r} train")
+        texts = [tokenizer.decode(resp) for resp in responses]
+        grades = grading.grade_many(texts, [train_qs[i].answer for i in picked])
+        rewards = [float(bool(g.correct)) for g in grades]
+        # 3. µ updates on its own answers at τt: plain cross-entropy (SePT: the grades are logged, never used),
+        #    or the clipped surrogate of each answer's group-normalized reward (--algo grpo, the RLVR baseline)
+        kept = [k for k, resp in enumerate(responses) if resp]
+        advantages = group_advantages(rewards, cfg.rollouts) if cfg.algo == "grpo" else None
+        t2 = time.time()
+        steps = train_on_answers(master, optimizer, [(train_ids[picked[k]], responses[k]) for k in kept], r - 1,
+                                 rcfg, cfg.updates_per_round, seed_for(cfg, "shuffle", r), f"round {r} train",
+                                 None if advantages is None else [advantages[k] for k in kept])
         stop_if_not_finite(steps, r, cfg)
         # 4. refresh the sampling copy: the next round samples from the updated model
         train.refresh_sampler(master, sampler)
-        t2 = time.time()
+        t3 = time.time()
         # 5. log, evaluate every K rounds, and keep the checkpoint `last` (the resume point)
-        texts = [tokenizer.decode(resp) for resp in responses]
-        grades = grading.grade_many(texts, [train_qs[i].answer for i in picked])
-        line = dict(round_metrics(r, tau_s, rcfg.tau_t, steps, responses, entropies, grades, tokenizer),
-                    seconds_sampling=round(t1 - t0, 2), seconds_training=round(t2 - t1, 2))
-        log_round(cfg, line, [train_qs[i] for i in picked], responses, texts, grades)
+        line = dict(runs.round_metrics(r, tau_s, rcfg.tau_t, steps, responses, entropies, grades, tokenizer),
+                    **(runs.reward_metrics(rewards, cfg.rollouts) if cfg.algo == "grpo" else {}),
+                    seconds_sampling=round(t1 - t0, 2), seconds_training=round(t3 - t2, 2))
+        runs.log_round(cfg.out, line, [train_qs[i] for i in picked], responses, texts, grades)
         if r == cfg.rounds or (cfg.eval_every and r % cfg.eval_every == 0):
             report_eval(cfg, r, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
                                             seed_for(cfg, "eval", r)))
@@ -413,7 +416,7 @@ def main(argv=None):
             runs.save_checkpoint(cfg.out, "last", master, optimizer, r, cfg.model)
         if cfg.save_every and r % cfg.save_every == 0:
             runs.save_checkpoint(cfg.out, f"round_{r:04d}", master, optimizer, r, cfg.model)
-    print(summary(cfg))
+    print(runs.summary(cfg.out, cfg.eval_temperature))
     print(f"done: {cfg.out}/metrics.jsonl, {cfg.out}/plot.png, {cfg.out}/checkpoints/last")
 
 

@@ -51,6 +51,7 @@ class TrainConfig:
     tau_t: float = 1.0                  # τt: training temperature, logits / τt before the softmax
     loss: Literal["ce", "em"] = "ce"    # ce: SePT, cross-entropy on own answers; em: EM-FT, minimize entropy
     loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"  # see loss_weights
+    clip_ratio: float = 0.2             # ε of GRPO's clipped surrogate (verl's default clip_ratio)
     micro_batch_tokens: int = 16384     # padded tokens per micro-batch (forward + backward at once)
     loss_chunk_rows: int = 4096         # token rows per chunk of the vocabulary-sized logits in the loss
     activation_checkpointing: bool = False  # recompute layers in backward: less memory, ~1/3 more compute
@@ -213,11 +214,37 @@ def micro_batch_losses(model: Transformer, pairs: list[Pair], cfg: TrainConfig):
         yield group, losses, rows
 
 
-def loss_and_grad(model: Transformer, pairs: list[Pair], cfg: TrainConfig) -> torch.Tensor:
-    """Forward + backward over `pairs` in micro-batches, adding into .grad; returns the aggregated loss (0-dim)."""
-    weights = torch.tensor(loss_weights([len(r) for _, r in pairs], cfg.loss_agg), device=model.head_weight.device)
-    total = torch.zeros((), device=model.head_weight.device)
-    for _, losses, rows in micro_batch_losses(model, pairs, cfg):
+@dataclass
+class PolicyTargets:
+    """What GRPO adds to each (prompt, response) pair: its advantage, and the log-probability that the model
+    which sampled it gave to each of its tokens."""
+    advantages: list[float]             # one per pair, spread over its response tokens
+    old_logp: list[torch.Tensor]        # per pair, (response tokens,): log p_old, computed before the first update
+
+
+def clipped_surrogate(logp, old_logp, advantages, eps: float) -> torch.Tensor:
+    """PPO's per-token loss -min(ρ·A, clip(ρ, 1-ε, 1+ε)·A) with ρ = p / p_old: a step of policy gradient that
+    stops pushing a token's probability once it has moved by ε (no KL term, as in the official GRPO script)."""
+    ratio = torch.exp(logp - old_logp)
+    return -torch.minimum(ratio * advantages, ratio.clamp(1 - eps, 1 + eps) * advantages)
+
+
+def loss_and_grad(model: Transformer, pairs: list[Pair], cfg: TrainConfig,
+                  policy: PolicyTargets | None = None) -> torch.Tensor:
+    """Forward + backward over `pairs` in micro-batches, adding into .grad; returns the aggregated loss (0-dim).
+    The per-token loss is cfg.loss ("ce": -log p, "em": entropy), or with `policy` (GRPO) the clipped surrogate
+    of log p = -CE. Either way the tokens are weighted by loss_weights: the one place a gradient is made."""
+    device = model.head_weight.device
+    weights = torch.tensor(loss_weights([len(r) for _, r in pairs], cfg.loss_agg), device=device)
+    if policy is not None:
+        if cfg.loss != "ce":
+            raise ValueError(f"the clipped surrogate needs loss='ce' (log-probabilities), got {cfg.loss!r}")
+        advantages = torch.tensor(policy.advantages, device=device)
+    total = torch.zeros((), device=device)
+    for group, losses, rows in micro_batch_losses(model, pairs, cfg):
+        if policy is not None:
+            old = torch.cat([policy.old_logp[i] for i in group])
+            losses = clipped_surrogate(-losses, old, advantages[rows], cfg.clip_ratio)
         part = (losses * weights[rows]).sum()
         part.backward()
         total += part.detach()
@@ -248,8 +275,8 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def train_step(model: Transformer, optimizer: torch.optim.AdamW, pairs: list[Pair], step: int,
-               cfg: TrainConfig) -> dict:
-    """ONE optimizer update on `pairs` (`step`: the index of the lr schedule, 0, 1, ...).
+               cfg: TrainConfig, policy: PolicyTargets | None = None) -> dict:
+    """ONE optimizer update on `pairs` (`step`: the index of the lr schedule, 0, 1, ...; `policy`: GRPO's).
     Returns {loss, grad_norm (before clipping), lr, tokens (response), seq_tokens, skipped, seconds, tok_per_s}."""
     t0 = time.perf_counter()
     # 1. the lr of this step, written into the optimizer
@@ -259,7 +286,7 @@ def train_step(model: Transformer, optimizer: torch.optim.AdamW, pairs: list[Pai
     # 2. forward + backward over micro-batches; each token's weight comes from the whole update's batch
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_and_grad(model, pairs, cfg)
+    loss = loss_and_grad(model, pairs, cfg, policy)
     # 3. global-norm clipping (returns the norm before clipping)
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)

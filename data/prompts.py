@@ -14,6 +14,8 @@ Templates (`build_prompt(question, template, model_dir=None)`):
   chat           the checkpoint's own chat template from `model_dir` (tokenizer_config.json's "chat_template",
                  or chat_template.jinja), rendered like transformers' apply_chat_template with one user
                  message (question + the boxed instruction) and add_generation_prompt=True.
+  deepseek-math  the paper's Figure 4 template for DeepSeek-Math base models: the checkpoint's BOS token, then
+                 "\n\n{boxed instruction}\n\nUser: {question}\n\nAssistant:".
 
 Tokenizing a prompt: the string holds special tokens as plain text ("<|im_start|>"). Encode it with
 add_special_tokens=False: the `tokenizers` library matches a tokenizer.json's added tokens in the text before
@@ -48,17 +50,32 @@ TEMPLATES: dict[str, str] = {
     "raw": "{question}",
     "toy": "Q: {question}\nA:",  # the embedded toy world's format (data/make_toy.py)
 }
-TEMPLATE_NAMES = [*TEMPLATES, "chat"]  # "chat" is rendered from the checkpoint folder, not a fixed string
+# The paper's third template (its Figure 4), for DeepSeek-Math: the checkpoint's own BOS token written as text,
+# then the reasoning prompt and a User/Assistant exchange. Encoding keeps that one BOS and adds no second.
+DEEPSEEK_MATH = "{bos}\n\n" + BOXED_INSTRUCTION + "\n\nUser: {question}\n\nAssistant:"
+# "chat" and "deepseek-math" need the checkpoint folder: its chat template, its BOS token
+TEMPLATE_NAMES = [*TEMPLATES, "chat", "deepseek-math"]
 
 
 def build_prompt(question: str, template: str, model_dir: str | Path | None = None) -> str:
+    if template in ("chat", "deepseek-math") and model_dir is None:
+        raise ValueError(f"template {template!r} needs model_dir, the checkpoint folder (its tokenizer files)")
     if template == "chat":
-        if model_dir is None:
-            raise ValueError("template 'chat' needs model_dir, the checkpoint folder holding the chat template")
         return render_chat_template(model_dir, [{"role": "user", "content": question + " " + BOXED_INSTRUCTION}])
+    if template == "deepseek-math":
+        return DEEPSEEK_MATH.replace("{bos}", bos_text(model_dir)).replace("{question}", question)
     if template not in TEMPLATES:
         raise ValueError(f"unknown prompt template {template!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
     return TEMPLATES[template].replace("{question}", question)
+
+
+def bos_text(model_dir: str | Path) -> str:
+    """The checkpoint's BOS token as its tokenizer spells it (tokenizer_config.json's bos_token)."""
+    file = Path(model_dir) / "tokenizer_config.json"
+    bos = json.loads(file.read_text(encoding="utf-8")).get("bos_token") if file.is_file() else None
+    if not bos:
+        raise ValueError(f"{file}: no bos_token; the deepseek-math template starts with the checkpoint's BOS")
+    return _token_text(bos)
 
 
 def render_chat_template(model_dir: str | Path, messages: list[dict]) -> str:

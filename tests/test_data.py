@@ -113,7 +113,7 @@ def test_fixed_templates_byte_for_byte():
         "answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
     assert build_prompt(QUESTION, "raw") == QUESTION
     assert build_prompt("12+47+30", "toy") == "Q: 12+47+30\nA:"
-    assert set(TEMPLATE_NAMES) == set(TEMPLATES) | {"chat"}
+    assert set(TEMPLATE_NAMES) == set(TEMPLATES) | {"chat", "deepseek-math"}
 
 
 def test_unknown_template_lists_the_names():
@@ -203,3 +203,16 @@ def test_special_tokens_in_prompt_text_become_single_ids():
     start, end = tokenizer.token_to_id("<|im_start|>"), tokenizer.token_to_id("<|im_end|>")
     ids = tokenizer.encode(build_prompt(QUESTION, "qwen-math"), add_special_tokens=False).ids
     assert ids[0] == start and ids.count(start) == 3 and ids.count(end) == 2
+
+
+def test_deepseek_math_template_byte_for_byte(tmp_path):
+    """The paper's Figure 4 template: the checkpoint's own BOS, then the reasoning prompt and User/Assistant."""
+    folder = write_model_dir(tmp_path / "ds")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["bos_token"] = {"content": "<｜begin▁of▁sentence｜>", "special": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert build_prompt(QUESTION, "deepseek-math", folder) == (
+        "<｜begin▁of▁sentence｜>\n\nPlease reason step by step, and put your final answer within \\boxed{}.\n\n"
+        "User: Find $x$ if $\\{x\\} = \\frac{1}{2}$.\n\nAssistant:")
+    with pytest.raises(ValueError, match="no bos_token"):
+        build_prompt(QUESTION, "deepseek-math", tmp_path)
