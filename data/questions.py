@@ -6,8 +6,8 @@ Two formats (see data/README.md):
   * jsonl, one object per line: "problem" (or "question"), "answer" (string or number; absent when unknown),
     optional "id" (default "<file stem>-<line>") and "source" (default the file stem). Blank lines are skipped.
   * the verl-style parquet the official SePT code ships: "prompt" (chat messages; the last user message is the
-    problem), "reward_model" {"ground_truth", "style"}, "data_source", "id" (or verl's extra_info.index).
-    Needs pyarrow.
+    problem, less a trailing boxed instruction), "reward_model" {"ground_truth", "style"}, "data_source", "id"
+    (or verl's extra_info.index). Needs pyarrow.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from data.prompts import BOXED_INSTRUCTION
 
 
 @dataclass
@@ -77,6 +79,9 @@ def _load_parquet(path: Path) -> list[Question]:
             problem = users[-1] if users else None
         if not isinstance(problem, str) or not problem.strip():
             raise ValueError(f"{where}: 'prompt' holds no user message")
+        # the official data_user_reasoning/ files (and --export-verl for the qwen-instruct and chat templates) end
+        # each question with the boxed instruction; sept's templates add it themselves
+        problem = problem.removesuffix(" " + BOXED_INSTRUCTION)
         # the official files carry an "id" column; stock verl preprocessing writes extra_info.index instead
         row_id = row.get("id") if row.get("id") is not None else (row.get("extra_info") or {}).get("index")
         questions.append(Question(
