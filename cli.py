@@ -7,6 +7,7 @@ need it and none of them may import another script for it.
 import argparse
 import contextlib
 import inspect
+import math
 import re
 import typing
 from dataclasses import MISSING, fields
@@ -53,6 +54,24 @@ def config_from_argv(cls, argv: list[str] | None, description: str = "", aliases
     return cls(**vars(config_parser(cls, description, aliases).parse_args(argv)))
 
 
+# The usual meanings of a setting, for check_settings: (holds(value), the allowed values). Chained comparisons are
+# False for NaN, and the upper bound rejects inf: neither passes any of them.
+AT_LEAST_1 = (lambda v: 1 <= v < math.inf, "an integer >= 1")
+AT_LEAST_0 = (lambda v: 0 <= v < math.inf, "an integer >= 0")
+POSITIVE = (lambda v: 0 < v < math.inf, "a number > 0")
+NON_NEGATIVE = (lambda v: 0 <= v < math.inf, "a number >= 0")
+PROBABILITY = (lambda v: 0 < v <= 1, "a number in (0, 1]")
+FRACTION = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def check_settings(cfg, rules: dict) -> None:
+    """Each field named in `rules` ({field: (holds, allowed)}) against its meaning, before any work: a value that
+    does not hold is one line naming the flag and the allowed values (`--eval-n 0: expected an integer >= 1`)."""
+    for name, (holds, allowed) in rules.items():
+        if not holds(value := getattr(cfg, name)):
+            raise ValueError(f"--{name.replace('_', '-')} {value}: expected {allowed}")
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """"auto": cuda when available, else cpu. Asking for cuda without one is an error, not a slow surprise."""
     if name == "auto":
@@ -60,9 +79,9 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: this machine has no CUDA device (use auto or cpu)")
+        raise ValueError(f"--device {name!r}: this machine has no CUDA device (use auto or cpu)")
     return device
 
 

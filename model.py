@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field, fields
 
@@ -63,22 +64,17 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
         raise CheckpointError(f"{where}: {msg}")
     if hf.get("model_type") not in SUPPORTED_MODEL_TYPES:
         fail(f"unsupported model_type {hf.get('model_type')!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                           "num_attention_heads") if k not in hf]
-    if missing:
+    if missing := [k for k in list(HF_KEYS)[:5] if k not in hf]:  # the sizes, which have no default
         fail(f"missing {', '.join(missing)}")
-    cfg = {ours: hf[theirs] for theirs, ours in HF_KEYS.items() if hf.get(theirs) is not None}
-    cfg.setdefault("num_key_value_heads", hf["num_attention_heads"])
-    cfg.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
-    cfg.setdefault("tie_word_embeddings", False)   # transformers' default for both families
+    cfg = {"num_key_value_heads": hf["num_attention_heads"], "head_dim": hf["hidden_size"] // hf["num_attention_heads"],
+           "tie_word_embeddings": False,  # transformers' default for both families
+           **{ours: hf[theirs] for theirs, ours in HF_KEYS.items() if hf.get(theirs) is not None}}
     if hf["model_type"] == "qwen2":
         cfg["attention_bias"] = True
         if hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or []):
             fail("sliding-window attention is switched on; sept implements full attention only")
-    if hf.get("hidden_act", "silu") != "silu":
-        fail(f"hidden_act {hf['hidden_act']!r} is not supported (SwiGLU with silu only)")
-    if hf.get("mlp_bias"):
-        fail("mlp_bias=true is not supported")
+    if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
+        fail(f"hidden_act {hf.get('hidden_act')!r}, mlp_bias {hf.get('mlp_bias')}: sept has SwiGLU (silu), no MLP bias")
     if cfg["num_attention_heads"] % cfg["num_key_value_heads"]:
         fail("num_key_value_heads must divide num_attention_heads")
     # RoPE: transformers 5.x writes `rope_parameters` (theta inside), 4.x writes `rope_theta` + `rope_scaling`.
@@ -94,23 +90,17 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
         cfg["rope_scaling"] = {k: rope[k] for k in need}
     elif rope_type != "default":
         fail(f"rope type {rope_type!r} is not supported (default and llama3 are)")
-    dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
-    if dtype not in DTYPES:
+    if (dtype := hf.get("dtype") or hf.get("torch_dtype") or "float32") not in DTYPES:
         fail(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     return ModelConfig(**cfg, dtype=dtype, hf_config=hf)
-
-
-def rope_inv_freq(cfg: ModelConfig, device) -> torch.Tensor:
-    """Inverse frequencies (head_dim/2,) in fp32, with Llama 3's long-context rescaling when configured.
-    Computed once per device and kept here rather than as a module buffer, which model.to(bf16) would round."""
-    scaling = tuple(sorted(cfg.rope_scaling.items())) if cfg.rope_scaling else None
-    return _inv_freq(cfg.head_dim, cfg.rope_theta, scaling, torch.device(device))
 
 
 @functools.lru_cache(maxsize=16)
 @torch.inference_mode(False)  # a plain tensor, reusable by training, even when first asked for while sampling
 @torch.no_grad()
-def _inv_freq(D: int, theta: float, scaling: tuple | None, device: torch.device) -> torch.Tensor:
+def rope_inv_freq(D: int, theta: float, scaling: tuple | None, device: torch.device) -> torch.Tensor:
+    """Inverse frequencies (D/2,) in fp32, with Llama 3's long-context rescaling (`scaling`: its sorted items).
+    Computed once per device and kept here rather than as a module buffer, which model.to(bf16) would round."""
     inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D)
     if scaling:  # llama3: keep high frequencies, divide low ones by `factor`, blend in between
         s = dict(scaling)
@@ -126,7 +116,8 @@ def _inv_freq(D: int, theta: float, scaling: tuple | None, device: torch.device)
 def rope_cos_sin(cfg: ModelConfig, positions: torch.Tensor, dtype):
     """cos, sin of shape (B, T, 1, head_dim) for integer positions (B, T); computed in fp32 like HF.
     sin carries rotate-half's sign (-sin on the first half), so apply_rope needs no negation or concatenation."""
-    freqs = positions[..., None].float() * rope_inv_freq(cfg, positions.device)  # (B, T, D/2)
+    scaling = tuple(sorted(cfg.rope_scaling.items())) if cfg.rope_scaling else None  # hashable, for the cache
+    freqs = positions[..., None].float() * rope_inv_freq(cfg.head_dim, cfg.rope_theta, scaling, positions.device)
     cos, sin = freqs.cos(), freqs.sin()
     cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)      # HF's rotate-half layout
     return cos[:, :, None].to(dtype), sin[:, :, None].to(dtype)
@@ -192,7 +183,6 @@ def attention_meta(positions, cache: KVCache | None, rows=None) -> AttentionMeta
 
 def attention(q, k, v, meta: AttentionMeta, layer: int):
     """The one attention function. q: (B, T, Hq, D); k, v: (B, T, Hkv, D).
-
     No cache: plain causal attention (training, full forward). With a cache, k/v are written at their
     positions first; T > 1 is a prefill of right-padded prompts from position 0, T == 1 a decode step
     against the row's cached prefix (rows sit at different positions)."""
@@ -221,8 +211,7 @@ def attention(q, k, v, meta: AttentionMeta, layer: int):
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
 
     def forward(self, x):  # normalize in fp32 like HF, scale in the input's dtype
         h = x.float()  # (F.rms_norm is no faster on the CPU, and 2x slower at the toy's evaluation batch)
@@ -233,10 +222,9 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer, self.Hq, self.Hkv, self.D = layer, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        bias = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, self.Hq * self.D, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.Hkv * self.D, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.Hkv * self.D, bias=bias)
+        self.q_proj = nn.Linear(cfg.hidden_size, self.Hq * self.D, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.Hkv * self.D, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.Hkv * self.D, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.Hq * self.D, cfg.hidden_size, bias=False)
 
     def forward(self, x, cos, sin, meta: AttentionMeta):
@@ -321,61 +309,55 @@ def empty_model(cfg: ModelConfig, device, dtype) -> Transformer:
 # ----------------------------------------------------------------------------------------------------------
 # Loading and saving HF-format checkpoints.
 
+def read_json(file: str) -> dict:
+    """The JSON object in `file`; invalid JSON, or valid JSON that is not an object ([] ...), names the file."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            if isinstance(obj := json.load(f), dict):
+                return obj
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    raise ValueError(f"{file}: expected a JSON object, got {type(obj).__name__}")
+
+
 def read_config(path: str) -> ModelConfig:
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise CheckpointError(f"{path}: " + ("no config.json (expected a Hugging Face checkpoint folder)"
                                              if os.path.isdir(path) else "no such checkpoint folder"))
-    try:
-        with open(file) as f:
-            return config_from_hf(json.load(f), file)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    return config_from_hf(read_json(file), file)
 
 
-def checkpoint_files(path: str) -> list[str]:
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        for shard in shards:
-            if not os.path.isfile(os.path.join(path, shard)):
-                raise CheckpointError(f"{index}: shard {shard} is named in the index but absent")
-        return [os.path.join(path, s) for s in shards]
-    single = os.path.join(path, "model.safetensors")
-    if not os.path.isfile(single):
-        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
-    return [single]
-
-
+@torch.no_grad()
 def load_model(path: str, device="cpu", dtype=None) -> Transformer:
     """Strict load: every tensor used, every parameter filled, shapes equal. dtype None = the stored dtype.
     Tensors stream one at a time from the (memory-mapped) files into empty_model: one copy of the weights."""
     cfg = read_config(path)
     model = empty_model(cfg, device, dtype or DTYPES[cfg.dtype])
-    params = dict(model.named_parameters())
-    filled = set()
-    for file in checkpoint_files(path):
-        try:
-            with safe_open(file, framework="pt", device="cpu") as f:
-                for name in f.keys():
-                    if name == "lm_head.weight" and cfg.tie_word_embeddings:
-                        continue  # some tied checkpoints also store the head; the embedding is the source
-                    if name not in params:
-                        raise CheckpointError(f"{file}: unexpected tensor {name}")
-                    tensor = f.get_tensor(name)
-                    if tuple(tensor.shape) != tuple(params[name].shape):
-                        raise CheckpointError(f"{file}: tensor {name} has shape {tuple(tensor.shape)}, "
-                                              f"the config implies {tuple(params[name].shape)}")
-                    with torch.no_grad():
-                        params[name].copy_(tensor)
-                    filled.add(name)
-        except CheckpointError:
-            raise
-        except Exception as e:  # safetensors' errors for truncated or corrupt files
+    params, filled = dict(model.named_parameters()), set()
+    index = os.path.join(path, "model.safetensors.index.json")
+    files = ([os.path.join(path, s) for s in sorted(set(read_json(index).get("weight_map", {}).values()))]
+             if os.path.isfile(index) else [os.path.join(path, "model.safetensors")])
+    if absent := [os.path.basename(f) for f in files if not os.path.isfile(f)]:
+        raise CheckpointError(f"{index}: shard {absent[0]} is named in the index but absent" if os.path.isfile(index)
+                              else f"{path}: no model.safetensors or model.safetensors.index.json")
+    for file in files:
+        try:  # safetensors checks at opening that the header parses and the file holds every tensor's bytes
+            f = safe_open(file, framework="pt", device="cpu")
+        except Exception as e:  # its errors for truncated or corrupt files
             raise CheckpointError(f"{file}: cannot read safetensors ({e})") from None
-    missing = sorted(set(params) - filled)
-    if missing:
+        for name in f.keys():
+            if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                continue  # some tied checkpoints also store the head; the embedding is the source
+            if name not in params:
+                raise CheckpointError(f"{file}: unexpected tensor {name}")
+            tensor = f.get_tensor(name)
+            if tuple(tensor.shape) != tuple(params[name].shape):
+                raise CheckpointError(f"{file}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                      f"the config implies {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+            filled.add(name)
+    if missing := sorted(set(params) - filled):
         raise CheckpointError(f"{path}: tensors missing from the checkpoint: {', '.join(missing[:8])}"
                               + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
     return model.eval()
@@ -384,53 +366,62 @@ def load_model(path: str, device="cpu", dtype=None) -> Transformer:
 # Copied beside the weights of a checkpoint we write, so that it is a whole HF folder.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
                    "chat_template.jinja")
+# All that a checkpoint folder of ours holds (and write_file's .tmp files): sept deletes or replaces nothing else.
+OUR_FILES = re.compile("|".join([r"model(-\d{5}-of-\d{5})?\.safetensors", *map(re.escape, TOKENIZER_FILES + (
+    "config.json", "model.safetensors.index.json", "optimizer.safetensors", "sept_state.json", "train_config.json"))]))
 
 
-def save_model(model: Transformer, path: str, max_shard_bytes: int = 4 << 30, copy_from: str | None = None):
-    """Write the checkpoint folder `path` (config.json + safetensors with HF names), staged in path.tmp and then
-    swapped into place. copy_from: a checkpoint folder whose tokenizer and generation files are copied along."""
-    staging = path.rstrip("/") + ".tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    write_model_files(model, staging, max_shard_bytes, copy_from)
-    replace_folder(staging, path)
+def refuse_unless_ours(path: str) -> None:
+    """Replacing `path` uses path.tmp and path.old too: each must be absent or hold nothing but a checkpoint's files
+    (a partial one too: a crash may have stopped its writing or removal). Anything else may be the user's."""
+    for p in filter(os.path.lexists, (path.rstrip("/") + suffix for suffix in ("", ".tmp", ".old"))):
+        names = os.listdir(p) if os.path.isdir(p) and not os.path.islink(p) else ["(not a folder)"]
+        if foreign := [n for n in sorted(names) if not OUR_FILES.fullmatch(n.removesuffix(".tmp"))]:
+            raise FileExistsError(f"{p} is not a checkpoint folder ({', '.join(foreign[:3])}): sept will not delete it")
 
 
-def write_model_files(model: Transformer, folder: str, max_shard_bytes: int = 4 << 30, copy_from: str | None = None):
-    """The files of an HF checkpoint, written into an existing folder: config.json, then model.safetensors, or
-    shards of at most max_shard_bytes and their index."""
-    tensors = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters()}
-    hf = dict(model.config.hf_config or hf_config_from(model.config))
-    hf["tie_word_embeddings"] = model.config.tie_word_embeddings
-    for key in [k for k in ("torch_dtype", "dtype") if k in hf] or ["torch_dtype"]:
-        hf[key] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2)
-    shards, size = [{}], 0
-    for name, t in tensors.items():
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards, size = shards + [{}], 0
-        shards[-1][name] = t
-        size += nbytes
-    names = ["model.safetensors"] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for name, shard in zip(names, shards):
-        save_file(shard, os.path.join(folder, name), metadata={"format": "pt"})
-    if len(shards) > 1:
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
-        weight_map = {t: n for n, shard in zip(names, shards) for t in shard}
-        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    for name in TOKENIZER_FILES if copy_from else ():
-        if os.path.isfile(os.path.join(copy_from, name)):
+def save_model(model: Transformer, path: str, max_shard_bytes: int = 4 << 30, copy_from: str | None = None, also=None):
+    """The checkpoint folder `path`: config.json, model.safetensors (or shards of max_shard_bytes + index), the
+    tokenizer files of copy_from, then what also(folder) writes; staged whole in path.tmp, then swapped in."""
+    folder = path.rstrip("/") + ".tmp"
+    refuse_unless_ours(path)  # before any work, not after it
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    try:
+        tensors = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters()}
+        hf = dict(model.config.hf_config or hf_config_from(model.config))
+        hf["tie_word_embeddings"] = model.config.tie_word_embeddings
+        for key in [k for k in ("torch_dtype", "dtype") if k in hf] or ["torch_dtype"]:
+            hf[key] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+        write_file(os.path.join(folder, "config.json"), json.dumps(hf, indent=2))
+        shards, size = [{}], 0
+        for name, t in tensors.items():
+            if shards[-1] and size + t.nbytes > max_shard_bytes:
+                shards, size = shards + [{}], 0
+            shards[-1][name], size = t, size + t.nbytes
+        names = ["model.safetensors"] if len(shards) == 1 else [
+            f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        for name, shard in zip(names, shards):
+            save_file(shard, os.path.join(folder, name), metadata={"format": "pt"})
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+                     "weight_map": {t: n for n, shard in zip(names, shards) for t in shard}}
+            write_file(os.path.join(folder, "model.safetensors.index.json"), json.dumps(index, indent=2))
+        for name in [n for n in TOKENIZER_FILES if copy_from and os.path.isfile(os.path.join(copy_from, n))]:
             shutil.copy(os.path.join(copy_from, name), os.path.join(folder, name))
+        if also:
+            also(folder)
+    except Exception as e:  # a full disk, mostly: the partial copy goes (its space with it), `path` is unchanged
+        shutil.rmtree(folder, ignore_errors=True)
+        raise OSError(f"{path}: the checkpoint could not be written ({e}); the folder is unchanged") from None
+    replace_folder(folder, path)
 
 
 def replace_folder(staging: str, final: str) -> None:
-    """Put the complete folder `staging` at `final`: final -> final.old, staging -> final, then remove
-    final.old. A crash between the two renames leaves final.old whole (sept_loop.find_checkpoint looks there)."""
+    """Put the complete folder `staging` at `final`: final -> final.old, staging -> final, remove final.old. A crash
+    between the renames leaves final.old whole (runs.find_checkpoint looks there); neither is ever a user's folder."""
     old = final.rstrip("/") + ".old"
+    refuse_unless_ours(final)
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(final):
         os.rename(final, old)

@@ -1,15 +1,20 @@
 """runs.py — what a run keeps on disk, and how it is read back: config.json, metrics.jsonl, samples/, plot.png,
 checkpoints/. Every file is written to a temporary name and renamed into place, so a kill at any moment
 leaves the old version or the new one, and `sept_loop.py --resume DIR` continues from the newest checkpoint.
+A new run never writes into a folder that holds another run's files unless told to (--overwrite).
 
     python -c "import runs; print(runs.read_metrics('runs/sept')[-1])"     # the last line of a run
 """
 import json
 import os
+import re
 import shutil
 
 import model as model_lib
 import train
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "samples", "plot.png", "sweep.png", "offline.jsonl", "checkpoints")
 
 
 def write_json(path: str, obj) -> None:
@@ -22,8 +27,19 @@ def append_metrics(out: str, line: dict) -> None:
 
 
 def read_metrics(out: str) -> list[dict]:
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    """metrics.jsonl's lines. A kill in the middle of an append leaves a torn last line: it is dropped (its round
+    runs again on --resume); a bad line anywhere else is an error naming it."""
+    path = os.path.join(out, "metrics.jsonl")
+    with open(path) as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    rows = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+    return rows
 
 
 def keep_metrics_until(out: str, last_round: int) -> None:
@@ -39,26 +55,88 @@ def write_samples(out: str, r: int, rows: list[dict]) -> None:
                          "".join(json.dumps(row) + "\n" for row in rows))
 
 
+def read_config(out: str, fields: set[str]) -> dict:
+    """A run's config.json, for --resume: settings it does not know are an error, not silently dropped."""
+    saved = os.path.join(out, "config.json")
+    if not os.path.isfile(saved):
+        raise ValueError(f"--resume {out}: no config.json there (not a sept run folder)")
+    if unknown := set(config := model_lib.read_json(saved)) - fields:
+        raise ValueError(f"{saved}: unknown settings {', '.join(sorted(unknown))} (another version of sept?)")
+    return config
+
+
+def check_out(out: str, resume: bool, overwrite: bool) -> None:
+    """Before anything is loaded: a new run's --out must not hold another run's files unless --overwrite."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    held = [name for name in RUN_FILES if os.path.lexists(os.path.join(out, name))]
+    if held and not resume and not overwrite:
+        raise ValueError(f"--out {out} holds a run already ({', '.join(held)}): continue it with --resume {out}, "
+                         f"delete it with --overwrite, or choose another --out")
+
+
+def start_run(out: str, config: dict, keep_until: int) -> None:
+    """Once everything is checked: a new run (keep_until -1) deletes the old run's files (--overwrite allowed it), a
+    resumed one its metrics and samples after round keep_until; then config.json."""
+    for name in RUN_FILES if keep_until < 0 else ():
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+    os.makedirs(os.path.join(out, "samples"), exist_ok=True)
+    keep_metrics_until(out, keep_until)
+    for name in os.listdir(os.path.join(out, "samples")):
+        if (m := re.fullmatch(r"round_(\d+)\.jsonl", name)) and int(m[1]) > keep_until:
+            os.remove(os.path.join(out, "samples", name))
+    write_json(os.path.join(out, "config.json"), config)
+
+
 def save_checkpoint(out: str, name: str, master, optimizer, r: int, copy_from: str) -> None:
     """checkpoints/NAME: the HF checkpoint (tokenizer files copied from `copy_from`), the AdamW state and the
-    round, staged whole in NAME.new, then swapped into place."""
+    round, staged whole in NAME.tmp, then swapped into place (model.save_model)."""
     final = os.path.join(out, "checkpoints", name)
-    staging = final + ".new"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    model_lib.write_model_files(master, staging, copy_from=copy_from)
-    train.save_optimizer(optimizer, os.path.join(staging, "optimizer.safetensors"))
-    write_json(os.path.join(staging, "sept_state.json"), {"round": r})  # written last: marks it complete
-    model_lib.replace_folder(staging, final)
+    if os.path.isfile(os.path.join(final + ".tmp", "sept_state.json")):  # complete, a crash kept it from its rename:
+        model_lib.replace_folder(final + ".tmp", final)                     # the newest; keep it, not restage over it
+
+    def also(folder):  # the AdamW state, then the round: written last, it marks the checkpoint complete
+        train.save_optimizer(optimizer, os.path.join(folder, "optimizer.safetensors"))
+        write_json(os.path.join(folder, "sept_state.json"), {"round": r})
+    model_lib.save_model(master, final, copy_from=copy_from, also=also)
 
 
 def find_checkpoint(out: str) -> str | None:
-    """The newest complete checkpoint: `last`, or `last.old` if a crash fell between the two renames."""
-    for name in ("last", "last.old"):
-        path = os.path.join(out, "checkpoints", name)
-        if os.path.isfile(os.path.join(path, "sept_state.json")):
-            return path
-    return None
+    """The newest complete checkpoint (sept_state.json, written last, holds its round): `last`, or where crashes
+    left it: last.tmp (complete, not yet renamed) or last.old (a crash fell between the two renames)."""
+    found = []
+    for i, name in enumerate(("last", "last.tmp", "last.old")):
+        state = os.path.join(out, "checkpoints", name, "sept_state.json")
+        if os.path.isfile(state):
+            found.append((model_lib.read_json(state)["round"], -i, os.path.dirname(state)))
+    return max(found)[2] if found else None
+
+
+def resume_point(out: str, first_save: int) -> tuple[str | None, int]:
+    """Where --resume continues: the newest complete checkpoint and its round, or (None, 0) when the run had not
+    reached its first checkpoint (round `first_save`). Checkpoints that are gone are an error, not a restart."""
+    if ckpt := find_checkpoint(out):
+        return ckpt, model_lib.read_json(os.path.join(ckpt, "sept_state.json"))["round"]
+    done = max((m["round"] for m in read_metrics(out)), default=0) if os.path.isfile(
+        os.path.join(out, "metrics.jsonl")) else 0
+    if done > first_save:
+        raise ValueError(f"--resume {out}: metrics.jsonl records round {done}, but no complete checkpoint is left "
+                         f"in {out}/checkpoints (last, last.tmp, last.old) to continue from")
+    return None, 0
+
+
+def interrupted(out: str, command: str) -> str:
+    """The one line a Ctrl-C prints: what the run folder keeps, and the command that continues it."""
+    if not os.path.isfile(os.path.join(out, "config.json")):
+        return f"interrupted before anything was written to {out}"
+    ckpt = find_checkpoint(out)
+    kept = (f"{ckpt} holds round {model_lib.read_json(os.path.join(ckpt, 'sept_state.json'))['round']}" if ckpt
+            else "no checkpoint yet (it starts again at round 0)")
+    return f"interrupted: {kept}; continue with: {command} --resume {out}"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -23,6 +23,14 @@ import model as model_lib
 SYNC_EVERY = 8  # decode steps between host checks of "all finished?"; each check is one host-device sync
 
 
+def check_sampling(temperature: float, top_p: float) -> None:
+    """A NaN, negative or infinite τ, or a nucleus outside (0, 1] (top_p <= 0: always the last vocabulary id) would
+    draw garbage rather than fail: an error instead."""
+    if not (0 <= temperature < float("inf") and 0 < top_p <= 1):
+        raise ValueError(f"temperature {temperature}, top_p {top_p}: expected temperature >= 0 (0 = greedy) and "
+                         f"top_p in (0, 1]")
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
     """Next token per row from fp32 logits (B, V): argmax if temperature == 0, else a draw from
     softmax(logits / temperature) restricted to the top-p nucleus.
@@ -31,6 +39,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     that 150k small probabilities add up exactly enough). No host sync, unlike torch.multinomial, and on the
     CPU several times faster than drawing a noise value per vocabulary entry. A token of probability 0 (outside
     the nucleus) is never picked: the uniform would have to fall in an empty interval."""
+    check_sampling(temperature, top_p)
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -95,6 +104,7 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
     distribution (at temperature 1) over its generated tokens — a direct read of how sharp the model is.
     cuda_graph: replay the decode step as a CUDA graph (see decode_function); None = on CUDA with the Triton
     backend, where SEPT_CUDA_GRAPH=0 switches it off."""
+    check_sampling(temperature, top_p)  # before the prefill, not at the first token
     if not prompts:
         return []
     cfg, device = model.config, model.head_weight.device

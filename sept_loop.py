@@ -50,7 +50,8 @@ class SePTConfig(train.TrainConfig):
     train_questions: str = ""           # questions the rounds draw from (jsonl / parquet)
     test_questions: str = ""            # held-out sets, comma-separated, for pass@k
     template: Literal[tuple(prompts.TEMPLATE_NAMES)] = "qwen-math"  # prompt template (data/prompts.py)
-    out: str = "runs/sept"              # output folder
+    out: str = "runs/sept"              # output folder (a new run refuses one that holds a run: see --overwrite)
+    overwrite: bool = False             # a new run deletes the run in --out: its config, metrics, samples, checkpoints
     resume: str = ""                    # continue the run in this folder from its last finished round
     rounds: int = 10                    # R: training rounds (the lr schedule steps once a round, as in verl)
     batch_prompts: int = 128            # B: fresh questions per round
@@ -76,7 +77,7 @@ class SePTConfig(train.TrainConfig):
     save_every: int = 50                # also keep checkpoints/round_NNNN every this many rounds (0 = never)
     seed: int = 0                       # every random choice is a pure function of (seed, round)
     device: str = "auto"                # auto = cuda when available, else cpu
-    sample_dtype: str = "auto"          # auto = bfloat16 on cuda, float32 on cpu (the master is always fp32)
+    sample_dtype: Literal["auto", *model_lib.DTYPES] = "auto"  # auto = bfloat16 on cuda, float32 on cpu (master: fp32)
     export_verl: str = ""               # write DIR/run.sh + DIR/data/ for the official verl recipe (8 GPUs), then stop
 
 
@@ -261,47 +262,59 @@ def report_eval(cfg: SePTConfig, r: int, result: dict) -> None:
 def resolve_config(argv: list[str] | None = None) -> SePTConfig:
     """The dataclass defaults (the official recipe), then the preset's values (toy unless --preset names
     another), then the flags given; --help shows the values so resolved. --resume starts instead from the run's
-    own config.json (the run's folder is then its --out)."""
+    own config.json and continues the run as it was set up: in its folder (--preset, --out, --overwrite are
+    errors), and over its rounds unless its τs and lr schedules do not depend on them."""
     argv = sys.argv[1:] if argv is None else list(argv)
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--preset", default="toy")
-    first.add_argument("--resume", default="")
+    for flag in ("--preset", "--resume", "--out", "--overwrite"):
+        first.add_argument(flag, nargs="?", const="given")
     known, _ = first.parse_known_args(argv)
     if known.resume:
-        saved = os.path.join(known.resume, "config.json")
-        if not os.path.isfile(saved):
-            raise ValueError(f"--resume {known.resume}: no config.json there (not a sept run folder)")
-        with open(saved) as f:
-            base = json.load(f)
-        unknown = set(base) - {f.name for f in dataclasses.fields(SePTConfig)}
-        if unknown:
-            raise ValueError(f"{saved}: unknown settings {', '.join(sorted(unknown))} (another version of sept?)")
-    elif known.preset not in PRESETS:
+        if given := [f"--{k}" for k in ("preset", "out", "overwrite") if getattr(known, k)]:
+            raise ValueError(f"--resume {known.resume} continues that run as it was set up: drop {', '.join(given)}")
+        base = runs.read_config(known.resume, {f.name for f in dataclasses.fields(SePTConfig)})
+    elif (known.preset or "toy") not in PRESETS:
         raise ValueError(f"--preset {known.preset!r}: choose one of {', '.join(PRESETS)}")
     else:
-        base = {**asdict(SePTConfig()), **PRESETS[known.preset], "preset": known.preset}
+        base = {**asdict(SePTConfig()), **PRESETS[known.preset or "toy"], "preset": known.preset or "toy"}
     parser = cli.config_parser(SePTConfig, __doc__.split("\n")[0], aliases={"warmup_steps": "--warmup-rounds"})
     parser.set_defaults(**base)
     cfg = SePTConfig(**vars(parser.parse_args(argv)))
     cfg.out = cfg.resume or cfg.out
+    if cfg.resume and cfg.rounds != base["rounds"] and (cfg.tau_s_schedule != "constant" or (
+            cfg.lr_schedule == "cosine" and not cfg.total_steps)):
+        raise ValueError(f"--rounds {cfg.rounds}: the run's τs / lr schedules span its --rounds {base['rounds']}; "
+                         f"resume it with those (only constant schedules can be extended)")
     for key in ("model", "train_questions", "test_questions"):
         if not getattr(cfg, key) and not (key == "train_questions" and cfg.sweep):
             raise ValueError(f"--preset {cfg.preset} needs --{key.replace('_', '-')}")
     return cfg
 
 
+# What each setting may be, checked before anything is loaded (check_config): {field: (holds, allowed values)}.
+RULES = {**train.RULES, **dict.fromkeys("rounds batch_prompts rollouts updates_per_round eval_n checkpoint_every "
+                                        "max_prompt_tokens max_response_tokens sample_batch".split(), cli.AT_LEAST_1),
+         **dict.fromkeys(("eval_every", "save_every", "eval_max_questions"), cli.AT_LEAST_0),
+         "tau_s_start": cli.POSITIVE, "tau_s_end": cli.POSITIVE, "eval_temperature": cli.NON_NEGATIVE,
+         "tau_s_ramp": cli.FRACTION, "top_p": cli.PROBABILITY,
+         "sweep": (lambda v: not v or all(t.strip().replace(".", "", 1).isdigit() for t in v.split(",")),
+                   "temperatures >= 0, comma-separated (e.g. 0,0.6,1.0)")}
+
+
 def check_config(cfg: SePTConfig) -> None:
+    """Every setting against its meaning (RULES), in the first second: one line naming the flag."""
+    cli.check_settings(cfg, RULES)
     if (cfg.batch_prompts * cfg.rollouts) % cfg.updates_per_round:
         raise ValueError(f"B·G = {cfg.batch_prompts * cfg.rollouts} answers do not split into "
                          f"{cfg.updates_per_round} equal mini-batches (--updates-per-round)")
-    if min(cfg.tau_s_start, cfg.tau_s_end, cfg.tau_t) <= 0:
-        raise ValueError("temperatures for training rounds must be > 0")
 
 
-def encode_questions(path: str, cfg: SePTConfig, tokenizer, context: int, limit: int = 0):
-    """The questions of a file and their prompts' token ids; a prompt that cannot fit is an error now, not in
-    the middle of a round."""
+def encode_questions(path: str, cfg: SePTConfig, tokenizer, context: int, limit: int = 0, answers: str = ""):
+    """The questions of a file and their prompts' token ids; a prompt that cannot fit, or a question without an
+    answer where one is needed (`answers` says why), is an error now, not in the middle of a round."""
     qs = questions.load_questions(path)[:limit or None]
+    if answers and (q := next((q for q in qs if q.answer is None), None)):
+        raise ValueError(f"{path}: question {q.id} has no answer ({answers})")
     ids = [tokenizer.encode(prompts.build_prompt(q.problem, cfg.template, model_dir=cfg.model)) for q in qs]
     for q, p in zip(qs, ids):
         if len(p) > cfg.max_prompt_tokens:
@@ -312,12 +325,6 @@ def encode_questions(path: str, cfg: SePTConfig, tokenizer, context: int, limit:
                              f"--max-response-tokens {cfg.max_response_tokens} that exceeds the model's context "
                              f"of {context} tokens")
     return qs, ids
-
-
-def require_answers(path: str, qs: list[questions.Question], why: str) -> None:
-    missing = next((q for q in qs if q.answer is None), None)
-    if missing is not None:
-        raise ValueError(f"{path}: question {missing.id} has no answer ({why})")
 
 
 def sweep(cfg: SePTConfig, sampler, tokenizer, test_sets: dict) -> None:
@@ -343,34 +350,31 @@ def main(argv=None):
     if cfg.export_verl:  # the official verl recipe's launch and data instead of a run (data/verl.py)
         from data import verl
         return verl.export(cfg, cfg.export_verl)
+    runs.check_out(cfg.out, bool(cfg.resume), cfg.overwrite)
     device = cli.pick_device(cfg.device)
     sample_dtype = cli.pick_dtype(cfg.sample_dtype, device)
-    os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
-    print("config " + json.dumps(asdict(cfg)))
-    runs.write_json(os.path.join(cfg.out, "config.json"), asdict(cfg))
 
-    # 0. the model (fp32 master weights + a sampling copy), optimizer and questions; resume if asked
+    # 0. the questions, the model (fp32 master weights + a sampling copy), the optimizer, resumed if asked; --out
+    #    is written only once all of them have loaded. A test set is named by its file, by its path if two share one
+    context = model_lib.read_config(cfg.model).max_position_embeddings
     tokenizer = prompts.load_tokenizer(cfg.model)
-    ckpt = runs.find_checkpoint(cfg.out) if cfg.resume else None
+    paths = list(dict.fromkeys(p for p in cfg.test_questions.split(",") if p))
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    test_sets = {name if names.count(name) == 1 else os.path.splitext(p)[0]: encode_questions(
+        p, cfg, tokenizer, context, cfg.eval_max_questions, "pass@k needs it") for name, p in zip(names, paths)}
+    train_qs, train_ids = encode_questions(cfg.train_questions, cfg, tokenizer, context, answers=(
+        "--algo grpo rewards each answer by its grade" if cfg.algo == "grpo" else "")) if not cfg.sweep else ([], [])
+    ckpt, start = runs.resume_point(cfg.out, min(cfg.checkpoint_every, cfg.rounds)) if cfg.resume else (None, 0)
     master = model_lib.load_model(ckpt or cfg.model, device, torch.float32)
     sampler = train.make_sampler(master, sample_dtype)
     optimizer = train.make_optimizer(master, round_config(cfg, cfg.tau_s_start))
-    start = 0
     if ckpt:
         train.load_optimizer(optimizer, os.path.join(ckpt, "optimizer.safetensors"))
-        with open(os.path.join(ckpt, "sept_state.json")) as f:
-            start = json.load(f)["round"]
         print(f"resuming {cfg.out} after round {start} ({ckpt})")
-    runs.keep_metrics_until(cfg.out, start if cfg.resume else -1)
-    context = master.config.max_position_embeddings
-    test_sets = {os.path.splitext(os.path.basename(p))[0]:
-                 encode_questions(p, cfg, tokenizer, context, cfg.eval_max_questions)
-                 for p in cfg.test_questions.split(",") if p}
+    print("config " + json.dumps(asdict(cfg)))
+    runs.start_run(cfg.out, asdict(cfg), start if ckpt else -1)
     if cfg.sweep:
         return sweep(cfg, sampler, tokenizer, test_sets)
-    train_qs, train_ids = encode_questions(cfg.train_questions, cfg, tokenizer, context)
-    if cfg.algo == "grpo":  # its reward is the grade of each answer
-        require_answers(cfg.train_questions, train_qs, "--algo grpo rewards each answer by its grade")
     if start == 0:
         report_eval(cfg, 0, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
                                         seed_for(cfg, "eval", 0)))
@@ -423,5 +427,8 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, OSError) as e:  # bad flags, files, checkpoints, question lines: one line, no traceback
+    except (ValueError, OSError, ImportError) as e:  # bad flags, files, checkpoints, question lines: one line
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:  # Ctrl-C: what the run keeps and the command that continues it, not a traceback
+        print("\n" + runs.interrupted(resolve_config().out, f"python {sys.argv[0]}"), file=sys.stderr)
+        sys.exit(130)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import cli
 from data.prompts import load_tokenizer
-from model import Transformer, empty_model, load_model, save_model, write_file
+from model import Transformer, empty_model, load_model, refuse_unless_ours, save_model, write_file
 
 IGNORE = -100  # target of prompt and padding positions: no loss there (the same value as HF's labels)
 Pair = tuple[list[int], list[int]]  # (prompt ids, response ids): EOS last when generated; cut-off ones kept whole
@@ -38,8 +38,8 @@ Pair = tuple[list[int], list[int]]  # (prompt ids, response ids): EOS last when 
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-7                    # peak learning rate (the paper's; the toy world wants ~1e-3)
-    warmup_steps: int = 0               # updates of linear warmup from lr/warmup_steps up to lr (0 = none)
+    lr: float = 1e-7                    # peak learning rate (the paper's SePT; each preset sets its own)
+    warmup_steps: int = 0               # lr steps of linear warmup from lr/warmup_steps up to lr (sept_loop: rounds)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # after warmup; cosine decays to min_lr at total_steps
     min_lr: float = 0.0                 # floor of the cosine decay
     total_steps: int = 0                # length of the cosine schedule (0: the caller's count, batches or rounds)
@@ -62,6 +62,14 @@ class TrainConfig:
             kind = hints[f.name]
             if typing.get_origin(kind) is Literal and getattr(self, f.name) not in typing.get_args(kind):
                 raise ValueError(f"{f.name}={getattr(self, f.name)!r}: expected one of {typing.get_args(kind)}")
+
+
+# What each trainer setting may be, checked by both CLIs before any work (cli.check_settings).
+RULES = {**dict.fromkeys(("micro_batch_tokens", "loss_chunk_rows"), cli.AT_LEAST_1),
+         **dict.fromkeys(("warmup_steps", "total_steps"), cli.AT_LEAST_0),
+         **dict.fromkeys(("lr", "min_lr", "weight_decay", "grad_clip"), cli.NON_NEGATIVE),
+         **dict.fromkeys(("beta1", "beta2"), (lambda v: 0 <= v < 1, "a number in [0, 1)")),
+         "eps": cli.POSITIVE, "tau_t": cli.POSITIVE, "clip_ratio": cli.FRACTION}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -370,7 +378,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
 class SFTConfig(TrainConfig):
     model: str = "data/toy"             # checkpoint folder (HF format) to start from
     data: str = "pairs.jsonl"           # one {"prompt": "...", "response": "..."} object per line
-    out: str = "out/sft"                # folder for the fine-tuned checkpoint (HF format, replaced atomically)
+    out: str = "out/sft"                # output checkpoint folder (replaced atomically if a checkpoint, else an error)
     eos: bool = True                    # append the first stop id to each response: the model learns to stop
     epochs: int = 1                     # passes over the data
     batch_size: int = 16                # pairs per optimizer update
@@ -379,8 +387,9 @@ class SFTConfig(TrainConfig):
 
 
 def read_pairs(path: str, tokenizer, eos_ids: list[int], max_len: int) -> list[Pair]:
-    """Tokenize each line's prompt and response separately (text as written, no chat template); errors name
-    the file and line. A pair longer than the context is an error, never silently truncated."""
+    """Tokenize each line's prompt (with the tokenizer's BOS, as transformers would) and response separately, text
+    as written, no chat template; errors name the file and line. A pair longer than the context is an error, never
+    silently truncated."""
     pairs = []
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -396,7 +405,7 @@ def read_pairs(path: str, tokenizer, eos_ids: list[int], max_len: int) -> list[P
                 raise ValueError(f"{path}:{n}: missing or non-string field {', '.join(missing)}")
             if not row["response"] or not row["prompt"]:
                 raise ValueError(f"{path}:{n}: empty {'response' if not row['response'] else 'prompt'}")
-            prompt, response = tokenizer.encode(row["prompt"]), tokenizer.encode(row["response"]) + eos_ids
+            prompt, response = tokenizer.encode(row["prompt"]), tokenizer.encode(row["response"], bos=False) + eos_ids
             if len(prompt) + len(response) > max_len:
                 raise ValueError(f"{path}:{n}: {len(prompt)} prompt + {len(response)} response tokens exceed the "
                                  f"model's context of {max_len} tokens")
@@ -408,6 +417,8 @@ def read_pairs(path: str, tokenizer, eos_ids: list[int], max_len: int) -> list[P
 
 def main(argv: list[str] | None = None) -> None:
     cfg = cli.config_from_argv(SFTConfig, argv, __doc__.splitlines()[0])
+    cli.check_settings(cfg, {**RULES, "epochs": cli.AT_LEAST_1, "batch_size": cli.AT_LEAST_1})
+    refuse_unless_ours(cfg.out)  # --out is replaced at the end: a folder that is not a checkpoint fails now
     device = cli.pick_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model)
     net = load_model(cfg.model, device, torch.float32)  # fp32 master weights

@@ -17,11 +17,12 @@ Templates (`build_prompt(question, template, model_dir=None)`):
   deepseek-math  the paper's Figure 4 template for DeepSeek-Math base models: the checkpoint's BOS token, then
                  "\n\n{boxed instruction}\n\nUser: {question}\n\nAssistant:".
 
-Tokenizing a prompt: the string holds special tokens as plain text ("<|im_start|>"). Encode it with
-add_special_tokens=False: the `tokenizers` library matches a tokenizer.json's added tokens in the text before
-any other splitting, whatever that flag says, so "<|im_start|>" becomes its one id; the flag only controls
-the post-processor (a BOS the template may already have written as text). Never encode the pieces of a
-special token as ordinary text.
+Tokenizing a prompt: the string holds special tokens as plain text ("<|im_start|>"). The `tokenizers` library
+matches a tokenizer.json's added tokens in the text before any other splitting, so "<|im_start|>" becomes its one
+id; never encode the pieces of a special token as ordinary text. Tokenizer.encode then gives a prompt the BOS
+that transformers' tokenizer(text) would (the post-processor's: Llama 3's <|begin_of_text|>, DeepSeek's
+<｜begin▁of▁sentence｜>; Qwen has none), exactly once: not again when the text starts with it already (a chat
+template's {{ bos_token }}, the deepseek-math template).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from model import read_json
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -72,7 +75,7 @@ def build_prompt(question: str, template: str, model_dir: str | Path | None = No
 def bos_text(model_dir: str | Path) -> str:
     """The checkpoint's BOS token as its tokenizer spells it (tokenizer_config.json's bos_token)."""
     file = Path(model_dir) / "tokenizer_config.json"
-    bos = json.loads(file.read_text(encoding="utf-8")).get("bos_token") if file.is_file() else None
+    bos = read_json(str(file)).get("bos_token") if file.is_file() else None
     if not bos:
         raise ValueError(f"{file}: no bos_token; the deepseek-math template starts with the checkpoint's BOS")
     return _token_text(bos)
@@ -89,13 +92,13 @@ def render_chat_template(model_dir: str | Path, messages: list[dict]) -> str:
 
     folder = Path(model_dir)
     config_file, jinja_file = folder / "tokenizer_config.json", folder / "chat_template.jinja"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    config = read_json(str(config_file)) if config_file.is_file() else {}
     source = jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else config.get("chat_template")
     if isinstance(source, list):  # several named templates: [{"name": "default", "template": ...}, ...]
         source = {t.get("name"): t.get("template") for t in source}.get("default")
     if not source:
         raise ValueError(f"no chat template in {folder}: expected 'chat_template' in tokenizer_config.json "
-                         f"or a chat_template.jinja file (or use --prompt-template qwen-math / raw)")
+                         f"or a chat_template.jinja file (or use --template qwen-math / raw)")
 
     def raise_exception(message: str):
         raise jinja2.exceptions.TemplateError(message)
@@ -131,9 +134,13 @@ class Tokenizer:
     """A checkpoint's tokenizer.json (through `tokenizers`) and the ids at which generation stops."""
     tok: object                     # tokenizers.Tokenizer
     stop_ids: tuple[int, ...] = ()  # generation ends at the first of these
+    bos_ids: tuple[int, ...] = ()   # what the post-processor puts before a text (a BOS, or nothing)
 
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        """A prompt's ids as transformers' tokenizer(text).input_ids, less any EOS its post-processor appends: the
+        BOS once, also when the text starts with it already. bos=False: the text's own ids (a response)."""
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        return ids if not bos or ids[:len(self.bos_ids)] == list(self.bos_ids) else [*self.bos_ids, *ids]
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
@@ -145,18 +152,22 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
     folder = Path(path)
     if not (folder / "tokenizer.json").is_file():
-        raise ValueError(f"{folder}: no tokenizer.json")
-    tok = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+        raise ValueError(f"{folder}: " + ("no tokenizer.json" if folder.is_dir() else "no such checkpoint folder"))
+    try:
+        tok = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as e:  # the Rust library's errors for a corrupt or foreign file
+        raise ValueError(f"{folder / 'tokenizer.json'}: cannot read the tokenizer ({str(e)[:200]})") from None
+    config = {name: read_json(str(folder / name)) if (folder / name).is_file() else {}
+              for name in ("generation_config.json", "config.json", "tokenizer_config.json")}
     stop = []
-    for name in ("generation_config.json", "config.json"):
-        if (folder / name).is_file():
-            eos = json.loads((folder / name).read_text()).get("eos_token_id")
-            stop += eos if isinstance(eos, list) else [eos] if eos is not None else []
-    if (folder / "tokenizer_config.json").is_file():
-        eos = json.loads((folder / "tokenizer_config.json").read_text()).get("eos_token")
-        stop.append(tok.token_to_id(_token_text(eos)) if eos else None)
+    for eos in (config["generation_config.json"].get("eos_token_id"), config["config.json"].get("eos_token_id")):
+        stop += eos if isinstance(eos, list) else [eos] if eos is not None else []
+    if eos := config["tokenizer_config.json"].get("eos_token"):
+        stop.append(tok.token_to_id(_token_text(eos)))
     stop += [tok.token_to_id(t) for t in END_OF_TURN_TOKENS]
-    return Tokenizer(tok, tuple(dict.fromkeys(i for i in stop if i is not None)))
+    probe = tok.encode("0", add_special_tokens=True)  # special_tokens_mask: 1 where the post-processor added one
+    bos = probe.ids[:probe.special_tokens_mask.index(0)] if 0 in probe.special_tokens_mask else []
+    return Tokenizer(tok, tuple(dict.fromkeys(i for i in stop if i is not None)), tuple(bos))
 
 
 if __name__ == "__main__":

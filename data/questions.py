@@ -33,9 +33,10 @@ def load_questions(path: str | Path) -> list[Question]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"question file {path} does not exist")
-    if path.suffix == ".parquet":
-        return _load_parquet(path)
-    return _load_jsonl(path)
+    questions = _load_parquet(path) if path.suffix == ".parquet" else _load_jsonl(path)
+    if not questions:  # an empty set would fail much later (no batch to draw, pass@k over nothing)
+        raise ValueError(f"{path}: no questions in the file")
+    return questions
 
 
 def _load_jsonl(path: Path) -> list[Question]:

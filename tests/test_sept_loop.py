@@ -1,6 +1,8 @@
 """sept_loop.py: whole SePT rounds on a tiny model, the schedules, exact resume (also after SIGKILL), errors."""
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,3 +147,124 @@ def test_sigkill_mid_round_then_resume(tmp_path):
     resumed = run_cli("--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr
     assert read_metrics(out) == read_metrics(tmp_path / "full")
+
+
+# ---- reliability: every setting checked before round 0, nothing a user owns removed, resume made explicit ----
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--batch-prompts", "0", "--batch-prompts 0: expected an integer >= 1"),
+    ("--rollouts", "0", "--rollouts 0: expected an integer >= 1"),
+    ("--updates-per-round", "0", "--updates-per-round 0: expected an integer >= 1"),
+    ("--eval-n", "0", "--eval-n 0: expected an integer >= 1"),
+    ("--checkpoint-every", "0", "--checkpoint-every 0: expected an integer >= 1"),
+    ("--max-response-tokens", "0", "--max-response-tokens 0: expected an integer >= 1"),
+    ("--sample-batch", "0", "--sample-batch 0: expected an integer >= 1"),
+    ("--rounds", "-1", "--rounds -1: expected an integer >= 1"),
+    ("--lr", "-0.001", "--lr -0.001: expected a number >= 0"),
+    ("--lr", "nan", "--lr nan: expected a number >= 0"),
+    ("--tau-s-start", "-0.5", "--tau-s-start -0.5: expected a number > 0"),
+    ("--tau-t", "nan", "--tau-t nan: expected a number > 0"),
+    ("--eval-temperature", "inf", "--eval-temperature inf: expected a number >= 0"),
+    ("--top-p", "0", r"--top-p 0.0: expected a number in \(0, 1\]"),
+    ("--top-p", "1.5", r"--top-p 1.5: expected a number in \(0, 1\]"),
+    ("--sweep", "abc", "--sweep abc: expected temperatures >= 0"),
+    ("--sweep", "0.5,-1", "--sweep 0.5,-1: expected temperatures >= 0"),
+])
+def test_bad_settings_fail_before_anything_is_written(tmp_path, flag, value, message):
+    with pytest.raises(ValueError, match=message):
+        sept_loop.main([flag, value, "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_choices_and_devices_are_one_line(tmp_path):
+    r = run_cli("--sample-dtype", "fp8", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--sample-dtype: invalid choice: 'fp8'" in r.stderr and "Traceback" not in r.stderr
+    if not sept_loop.torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device 'cuda': this machine has no CUDA device"):
+            sept_loop.main(["--device", "cuda", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_folder_is_never_overwritten_unless_asked(make_checkpoint, tmp_path):
+    args = tiny_run_args(make_checkpoint, tmp_path, "run", "--rounds", "2")
+    sept_loop.main(args)
+    out = tmp_path / "run"
+    before = {name: open(out / name, "rb").read() for name in ("config.json", "metrics.jsonl")}
+    with pytest.raises(ValueError, match="holds a run already .config.json, metrics.jsonl.*--resume.*--overwrite"):
+        sept_loop.main(args)
+    for bad in (["--eval-n", "0"], ["--resume", str(out), "--lr", "-1"]):  # a typo, new run or resumed one
+        with pytest.raises(ValueError):
+            sept_loop.main(args + bad if bad[0] != "--resume" else bad)
+    assert before == {name: open(out / name, "rb").read() for name in before}
+    sept_loop.main(args + ["--overwrite", "--rounds", "1"])  # asked for: the old run's files are deleted
+    assert [m["round"] for m in read_metrics(out)] == [0, 1, 1]
+    assert os.listdir(out / "samples") == ["round_0001.jsonl"]
+    assert json.load(open(out / "checkpoints" / "last" / "sept_state.json")) == {"round": 1}
+
+
+def test_resume_conflicts_are_errors(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = sept_loop.SePTConfig(**dict(sept_loop.PRESETS["toy"], out=str(run), tau_s_schedule="linear"))
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    for extra, message in ((["--preset", "paper"], "drop --preset"), (["--out", str(tmp_path / "b")], "drop --out"),
+                           (["--overwrite"], "drop --overwrite"),
+                           (["--rounds", "20"], "schedules span its --rounds 10")):
+        with pytest.raises(ValueError, match=message):
+            sept_loop.resolve_config(["--resume", str(run), *extra])
+    assert sept_loop.resolve_config(["--resume", str(run)]).out == str(run)
+    cfg.tau_s_schedule = "constant"  # schedules that do not depend on R: a resumed run may be extended
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    assert sept_loop.resolve_config(["--resume", str(run), "--rounds", "20"]).rounds == 20
+
+
+def test_resume_torn_metrics_and_lost_checkpoints(make_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    sept_loop.main(tiny_run_args(make_checkpoint, tmp_path, "run", "--rounds", "2"))
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"round": 3, "tau_s"')  # a kill in the middle of an append
+    sept_loop.main(["--resume", str(out), "--rounds", "3"])
+    assert [m["round"] for m in read_metrics(out)] == [0, 1, 2, 2, 3, 3]
+    shutil.rmtree(out / "checkpoints")
+    with pytest.raises(ValueError, match="records round 3, but no complete checkpoint"):
+        sept_loop.main(["--resume", str(out), "--rounds", "4"])
+    with open(out / "metrics.jsonl") as f:  # killed before the first checkpoint: resume starts at round 0 again
+        first = f.readline()
+    (out / "metrics.jsonl").write_text(first)
+    sept_loop.main(["--resume", str(out), "--rounds", "1"])
+    assert [m["round"] for m in read_metrics(out)] == [0, 1, 1]  # one round-0 line, not two
+    assert os.listdir(out / "samples") == ["round_0001.jsonl"]
+
+
+def test_test_sets_are_named_apart_need_answers_and_ignore_top_p(make_checkpoint, tmp_path, monkeypatch):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        write_questions(tmp_path / d / "test.jsonl", 4 if d == "a" else 3)
+    args = tiny_run_args(make_checkpoint, tmp_path, "run", "--sweep", "1.0", "--top-p", "0.5", "--test-questions",
+                         f"{tmp_path}/a/test.jsonl,{tmp_path}/b/test.jsonl")
+    seen = []
+    real = sept_loop.sample.generate
+    monkeypatch.setattr(sept_loop.sample, "generate", lambda *a, **kw: seen.append(kw["top_p"]) or real(*a, **kw))
+    sept_loop.main(args)
+    (line,) = read_metrics(tmp_path / "run")
+    assert sorted(line["benchmarks"]) == [f"{tmp_path}/a/test", f"{tmp_path}/b/test"] and set(seen) == {1.0}
+    (tmp_path / "a" / "test.jsonl").write_text('{"problem": "1+1"}\n')
+    with pytest.raises(ValueError, match="test.jsonl: question test-1 has no answer"):
+        sept_loop.main(args + ["--out", str(tmp_path / "other")])
+    assert not (tmp_path / "other").exists()
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_resume(make_checkpoint, tmp_path):
+    out = str(tmp_path / "run")
+    args = tiny_run_args(make_checkpoint, tmp_path, "run", "--rounds", "50", "--eval-every", "0")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sept_loop.py"), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("round 2 |"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted: {out}/checkpoints/last holds round ") and last.endswith(
+        f"continue with: python {os.path.join(ROOT, 'sept_loop.py')} --resume {out}"), last
