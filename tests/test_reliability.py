@@ -195,4 +195,8 @@ def test_prompts_carry_the_bos_once_as_transformers_gives_it(tmp_path, bos):
     chat = prompts.build_prompt("What is 12 + 30?", "chat", tmp_path / "tok")  # renders {{ bos_token }} itself
     assert chat.startswith(bos) and ours.encode(chat) == hf(chat, add_special_tokens=False).input_ids
     assert ours.encode(chat).count(tok.token_to_id(bos)) == (1 if bos else 0)
+    if bos:  # the paper's DeepSeek-Math template writes the BOS as text: still exactly one BOS id
+        ds = prompts.build_prompt("What is 12 + 30?", "deepseek-math", tmp_path / "tok")
+        assert ds.startswith(bos + "\n\n") and ours.encode(ds).count(tok.token_to_id(bos)) == 1
+        assert ours.encode(ds) == hf(ds, add_special_tokens=False).input_ids
     assert ours.encode("The answer is 42.", bos=False) == hf("The answer is 42.", add_special_tokens=False).input_ids
