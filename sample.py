@@ -1,14 +1,20 @@
-"""sample.py — how we draw answers: batched generation with a KV cache (prefill once, then decode).
+"""sample.py — how we draw answers: batched generation with a KV cache, the prompts streaming through a fixed
+set of rows (continuous batching).
 
-Prompts of different lengths are right-padded into one prefill; each row then decodes at its own position.
-Finished rows stop costing compute, because SePT's responses range from a few dozen to thousands of tokens:
-eagerly (the CPU) they leave the batch, the cache compacted at the periodic "all done?" check; on the GPU the
-decode step is a replayed CUDA graph of fixed shape, so they stay and attend to a single cached position.
+SePT's answers run from a few dozen tokens to the 3,072-token cap: a batch that waits for its longest answer idles
+most of its rows. So generate keeps max_batch rows of KV cache, and at each host check (every 8 decode steps on
+the GPU, each a sync; every step on the CPU) hands back the ended answers (a stop id, or the row's own budget)
+and gives rows to the next waiting prompts, prefilled in one forward. On the GPU the decode step is one CUDA graph
+over all rows, an ended row parked at position 0 until the check refills it. Eagerly (the CPU) ended rows leave
+the batch at once and new prompts join it, as rows free up or once all have ended (refill_as_rows_free).
 Sampling is one pure function with an explicit torch.Generator; temperature 0 is greedy.
 
     python sample.py --prompt "12+47+30" -n 4 --temperature 0.6          # the toy model in data/toy, on CPU
     python sample.py --model ~/ckpt/Qwen2.5-Math-1.5B --template qwen-math --prompt "What is 2+3?"
 """
+import collections
+import functools
+import itertools
 import os
 import sys
 import time
@@ -20,7 +26,7 @@ import torch.nn.functional as F
 import cli
 import model as model_lib
 
-SYNC_EVERY = 8  # decode steps between host checks of "all finished?"; each check is one host-device sync
+SYNC_EVERY = {"cuda": 8, "cpu": 1}  # decode steps between host checks; on CUDA each is a host-device sync
 
 
 def check_sampling(temperature: float, top_p: float) -> None:
@@ -94,94 +100,211 @@ def decode_function(model, cache: model_lib.KVCache, cuda_graph: bool):
     return replay
 
 
+@dataclass
+class Rows:
+    """The rows of the batch: which prompt each holds and its answer so far. The tensors change on the device
+    every step without a host sync; the lists are the host's, updated at the checks."""
+    prompt: list[int]      # index of the prompt in each row; -1 = free
+    ends: list[int]        # the step at which each row's budget runs out
+    tokens: torch.Tensor   # (B, max_new + 1) the answer so far in [:n_new]; an ended row writes past it, unread
+    n_new: torch.Tensor    # (B,) tokens in the answer so far
+    budget: torch.Tensor   # (B,) the max_new_tokens of the row's prompt
+    done: torch.Tensor     # (B,) bool: the answer ended (stop id or budget), or the row is free
+    entropy: torch.Tensor  # (B,) sum over the answer of the next-token entropies (at temperature 1)
+
+
+def prefill(model, cache: model_lib.KVCache, prompts: list[list[int]], rows: torch.Tensor) -> torch.Tensor:
+    """Writes the prompts into the given cache rows in one right-padded forward and returns fp32 logits (n, V) at
+    each prompt's last token. Identical prompts (evaluation asks each question n times) are computed once, their
+    k/v then copied to the other rows."""
+    first = {}                                                    # distinct prompt -> where it first occurs
+    for i, p in enumerate(prompts):
+        first.setdefault(tuple(p), i)
+    distinct = {p: j for j, p in enumerate(first)}
+    which = torch.tensor([distinct[tuple(p)] for p in prompts], device=rows.device)  # (n,) its distinct prompt
+    src = rows[list(first.values())]                              # the row that computes each distinct prompt
+    lens = torch.tensor([len(p) for p in first], dtype=torch.int32, device=rows.device)
+    T = max(2, *lens.tolist())  # T == 1 would read as a decode step; the cache has room for 2 (prompt + budget)
+    cache.lens[src] = lens  # the prompt lengths: the Triton prefill skips the padding after them
+    tokens = torch.tensor([list(p) + [0] * (T - len(p)) for p in first], device=rows.device)
+    h = model.hidden_states(tokens, cache, torch.arange(T, device=rows.device).expand(len(first), T), rows=src)
+    logits = last_logits(model, h[torch.arange(len(first), device=rows.device), lens.long() - 1])
+    if len(first) < len(prompts):
+        cache.k[:, rows, :T] = cache.k[:, src[which], :T]
+        cache.v[:, rows, :T] = cache.v[:, src[which], :T]
+    cache.lens[rows] = lens[which]
+    return logits[which]
+
+
+def decode_step(decode, cache: model_lib.KVCache, tokens: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """Feeds each row its token at its own position and returns fp32 logits (B, V); keeps the cache's lens and
+    filled. An ended row parks at position 0: it rewrites a slot that only its next prefill reads, and its
+    attention reads one position."""
+    positions = torch.where(done, 0, cache.lens)
+    cache.filled = min(cache.filled + 1, cache.k.shape[2])  # eager attention reads [0, filled); static: all
+    logits = decode(tokens, positions.long())
+    cache.lens = positions + 1
+    return logits
+
+
+def record(rows: Rows, tokens: torch.Tensor, logits: torch.Tensor, eos: torch.Tensor, entropy: bool, idx=None):
+    """Appends each running row's new token (tokens and logits of rows idx only, if given); an answer ends at a
+    stop id (kept) or at its budget. No host sync."""
+    idx = torch.arange(len(tokens), device=tokens.device) if idx is None else idx
+    running = ~rows.done[idx]
+    rows.tokens[idx, rows.n_new[idx]] = tokens
+    if entropy:
+        logp = torch.log_softmax(logits, dim=-1)
+        rows.entropy[idx] -= torch.where(running, (logp.exp() * logp).sum(-1), 0.0)
+    rows.n_new[idx] += running
+    rows.done[idx] |= torch.isin(tokens, eos) | (rows.n_new[idx] >= rows.budget[idx])
+
+
+def hand_back(rows: Rows, answers: list, entropies: list, progress=None) -> list[int]:
+    """The host check: copies the ended answers out of their rows (one sync) and returns the free rows."""
+    done = rows.done.tolist()
+    ended = [r for r, d in enumerate(done) if d and rows.prompt[r] >= 0]
+    if ended:
+        idx = torch.tensor(ended, device=rows.done.device)
+        for r, toks, n, h in zip(ended, *(x[idx].tolist() for x in (rows.tokens, rows.n_new, rows.entropy))):
+            answers[rows.prompt[r]], entropies[rows.prompt[r]] = toks[:n], h / max(1, n)
+            rows.prompt[r] = -1
+        if progress:
+            progress(len(ended))
+    return [r for r, d in enumerate(done) if d]
+
+
+def refill(model, cache, rows: Rows, free: list[int], new: list[int], prompts, budgets, step: int):
+    """Prompts `new` into the free rows, prefilled in one call: returns the rows (n,) and the fp32 logits (n, V)
+    of their first token."""
+    idx = torch.tensor(free, device=rows.done.device)
+    rows.budget[idx] = torch.tensor([budgets[i] for i in new], device=idx.device)
+    rows.n_new[idx], rows.done[idx], rows.entropy[idx] = 0, False, 0.0
+    for r, i in zip(free, new):
+        rows.prompt[r], rows.ends[r] = i, step + budgets[i] - 1  # the first token comes at the check itself
+    return idx, prefill(model, cache, [prompts[i] for i in new], idx)
+
+
+def free_rows(n: int, max_new: int, device) -> Rows:
+    zeros = functools.partial(torch.zeros, n, device=device)
+    return Rows([-1] * n, [0] * n, zeros(max_new + 1, dtype=torch.long), zeros(dtype=torch.long),
+                zeros(dtype=torch.long), zeros(dtype=torch.bool).logical_not_(), zeros())
+
+
+def rebatch(full: model_lib.KVCache, cache, rows: Rows, tokens, keep: list[int], grow: int):
+    """Eager path: the batch becomes its running rows `keep` and then `grow` free rows, the first len(keep) + grow
+    rows of the storage, so that a step costs only them. The running rows past len(keep) move into the holes
+    that ended rows leave before it (their k/v [:filled] copied): one copy per ended row, not per running row."""
+    n, kept = len(keep), set(keep)
+    holes, movers = [r for r in range(n) if r not in kept], [r for r in keep if r >= n]
+    if holes:
+        src, dst = torch.tensor(movers, device=tokens.device), torch.tensor(holes, device=tokens.device)
+        for kv in (full.k, full.v):
+            kv[:, dst, :cache.filled] = kv[:, src, :cache.filled]
+    order = list(range(n))  # new row j holds old row order[j]
+    for h, m in zip(holes, movers):
+        order[h] = m
+    i, zeros = torch.tensor(order, dtype=torch.long, device=tokens.device), tokens.new_zeros(grow)
+    new = free_rows(grow, rows.tokens.shape[1] - 1, tokens.device)
+    rows = Rows(*([old[r] for r in order] + free if isinstance(old, list) else torch.cat([old[i], free])
+                  for old, free in zip(vars(rows).values(), vars(new).values())))  # each field: kept, then free
+    cache = model_lib.KVCache(full.k[:, :n + grow], full.v[:, :n + grow], torch.cat([cache.lens[i], zeros.int()]),
+                              cache.filled)
+    return cache, rows, torch.cat([tokens[i], zeros])
+
+
+def refill_as_rows_free(model, cache: model_lib.KVCache, cuda_graph: bool) -> bool:
+    """When ended rows get new prompts. A decode step reads every weight once and each row's cache. On the GPU,
+    or when the weights outweigh the rows, a step costs about the same however few rows run: rows are refilled
+    as they free up, 1/16 of the batch at a time (a prefill costs about a decode step). Otherwise (the toy on the
+    CPU) an emptying batch wastes nothing, and rows that start together stay at the same position, so attention
+    reads little padding: the next prompts wait for all rows to end (or for as few as there are prompts)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return cuda_graph or cache.k.device.type == "cuda" or weights > 2 * cache.k[:, 0].nbytes * cache.k.shape[1]
+
+
+def budgets_for(model, prompts: list[list[int]], max_new_tokens) -> list[int]:
+    """One budget per prompt, checked: a count >= 0, a non-empty prompt, prompt + budget within the context."""
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts):
+        raise ValueError(f"max_new_tokens has {len(budgets)} entries for {len(prompts)} prompts")
+    context = model.config.max_position_embeddings
+    for i, (p, n) in enumerate(zip(prompts, budgets)):
+        if n < 0:
+            raise ValueError(f"max_new_tokens is {n}; it must be 0 or more")
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        if len(p) + n > context:
+            raise ValueError(f"prompt {i} ({len(p)} tokens) + max_new_tokens ({n}) exceeds the model's context of "
+                             f"{context} tokens")
+    return budgets
+
+
 @torch.inference_mode()
-def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
+def generate(model, prompts: list[list[int]], *, max_new_tokens: int | list[int], temperature: float = 1.0,
              top_p: float = 1.0, eos_ids=(), seed: int | None = None, stats: dict | None = None,
-             cuda_graph: bool | None = None) -> list[list[int]]:
+             cuda_graph: bool | None = None, max_batch: int | None = None, progress=None) -> list[list[int]]:
     """New token ids for each prompt, ending with the first EOS when one was produced.
 
-    stats: if a dict is given, stats["entropy"] gets each row's mean entropy of the model's own next-token
+    max_new_tokens: one budget for all prompts, or one per prompt. max_batch: rows of the KV cache (None = one
+    per prompt); more prompts stream through them, ended rows taking the next waiting prompts.
+    stats: if a dict is given, stats["entropy"] gets each prompt's mean entropy of the model's own next-token
     distribution (at temperature 1) over its generated tokens — a direct read of how sharp the model is.
-    cuda_graph: replay the decode step as a CUDA graph (see decode_function); None = on CUDA with the Triton
-    backend, where SEPT_CUDA_GRAPH=0 switches it off."""
+    cuda_graph: decode with a fixed-shape step (every row, the whole cache), replayed as a CUDA graph on CUDA
+    (see decode_function); None = on CUDA with the Triton backend, where SEPT_CUDA_GRAPH=0 switches it off.
+    progress: called with the number of answers handed back at each check (a tqdm bar's update)."""
     check_sampling(temperature, top_p)  # before the prefill, not at the first token
-    if not prompts:
-        return []
+    budgets = budgets_for(model, prompts, max_new_tokens)
+    answers, entropies = [[] for _ in prompts], [0.0] * len(prompts)
+    if stats is not None:
+        stats["entropy"] = entropies  # filled in as the answers are handed back
+    # shortest prompts first: the rows of a batch then sit at nearly the same positions, and a prefill pads little
+    waiting = collections.deque(sorted((i for i, n in enumerate(budgets) if n > 0), key=lambda i: len(prompts[i])))
+    if not waiting:
+        return answers
     cfg, device = model.config, model.head_weight.device
-    lengths = [len(p) for p in prompts]
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens is {max_new_tokens}; it must be 0 or more")
-    if min(lengths) == 0:
-        raise ValueError(f"prompt {lengths.index(0)} is empty")
-    if max(lengths) + max_new_tokens > cfg.max_position_embeddings:
-        raise ValueError(f"longest prompt ({max(lengths)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                         f"model's context of {cfg.max_position_embeddings} tokens")
-    if max_new_tokens <= 0:
-        return [[] for _ in prompts]
     if cuda_graph is None:
         cuda_graph = (device.type == "cuda" and model_lib.attention_backend(device) == "triton"
                       and os.environ.get("SEPT_CUDA_GRAPH", "1") != "0")
-    B, T = len(prompts), max(lengths)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else torch.seed())
+    B = min(len(waiting), max_batch or len(waiting))
+    full = model_lib.new_kv_cache(cfg, B, max(len(prompts[i]) + budgets[i] for i in waiting),
+                                  model.head_weight.dtype, device)  # once per call, for the longest sequence
+    full.filled = full.k.shape[2] if cuda_graph else 0
+    as_freed = refill_as_rows_free(model, full, cuda_graph)
+    group = max(1, B // 16) if as_freed else B  # free rows a refill waits for (fewer when fewer wait)
+    cache, rows, tokens = full, free_rows(B, max(budgets), device), torch.zeros(B, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device)  # unseeded: a seed drawn from the global RNG, never reseeding it
+    generator.manual_seed(seed if seed is not None else torch.randint(1 << 62, ()).item())
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
-
-    # 1. prefill: all prompts right-padded in one forward; logits only at each row's last prompt token
-    cache = model_lib.new_kv_cache(cfg, B, T + max_new_tokens, model.head_weight.dtype, device)
-    cache.filled = T
-    tokens = torch.tensor([list(p) + [0] * (T - len(p)) for p in prompts], device=device)
-    lens = torch.tensor(lengths, dtype=torch.int32, device=device)
-    cache.lens = lens  # the prompt lengths: prefill attention skips the padding after them
-    h = model.hidden_states(tokens, cache, torch.arange(T, device=device).expand(B, T))
-    logits = last_logits(model, h[torch.arange(B, device=device), lens.long() - 1])
-    if cuda_graph:
-        cache.filled = T + max_new_tokens  # static shapes: attention sees the whole cache, masked by lens
-    decode = decode_function(model, cache, cuda_graph)
-
-    # 2. decode: one token per step for the rows still running
-    out = torch.full((B, max_new_tokens), -1, dtype=torch.long, device=device)  # every row's new tokens
-    entropy_sum = torch.zeros(B, device=device)
-    rows = torch.arange(B, device=device)      # original index of each row still in the batch
-    prompt_lens = list(lengths)                # host copy for the rows still in the batch
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    for step in range(max_new_tokens):
-        tok = sample_next(logits, temperature, top_p, generator)
-        out[rows, step] = tok
-        if stats is not None:  # rows already finished add nothing
-            logp = torch.log_softmax(logits, dim=-1)
-            entropy_sum[rows] -= torch.where(done, 0.0, (logp.exp() * logp).sum(-1))
-        done |= torch.isin(tok, eos)
-        if step == max_new_tokens - 1:
-            break
-        if (step + 1) % SYNC_EVERY == 0:  # 3. the rare host check; finished rows leave the batch
-            keep = (~done).nonzero().squeeze(1)
-            if len(keep) == 0:
+    every = SYNC_EVERY.get(device.type, 1)
+    decode, check = None, 0
+    for step in itertools.count():
+        if step == check:  # 1. the host check: hand back the ended answers, give waiting prompts their rows
+            free = hand_back(rows, answers, entropies, progress)
+            keep = [r for r, i in enumerate(rows.prompt) if i >= 0]
+            room = len(free) if cuda_graph else B - len(keep)  # eager: ended rows leave, new ones join at the back
+            n = min(room, len(waiting)) if room >= min(group, len(waiting)) else 0
+            if not cuda_graph and (len(keep) < len(rows.prompt) or n):
+                cache.filled = int(cache.lens.max())
+                cache, rows, tokens = rebatch(full, cache, rows, tokens, keep, n)
+                free, decode = list(range(len(keep), len(keep) + n)), None
+            if n:
+                idx, logits = refill(model, cache, rows, free[:n], [waiting.popleft() for _ in range(n)], prompts,
+                                     budgets, step)
+                tokens[idx] = sample_next(logits, temperature, top_p, generator)  # each one's first token
+                record(rows, tokens[idx], logits, eos, stats is not None, idx)
+            elif not keep:
                 break
-            if not cuda_graph and len(keep) <= 0.875 * len(rows):  # a compaction copies the cache: wait a bit
-                keep_host = keep.tolist()
-                cache = model_lib.KVCache(cache.k[:, keep], cache.v[:, keep], cache.lens[keep])
-                rows, tok, done = rows[keep], tok[keep], done[keep]
-                prompt_lens = [prompt_lens[i] for i in keep_host]
-                decode = decode_function(model, cache, False)
-        if cuda_graph:  # finished rows park at position 0: their attention reads one cached position
-            positions = torch.where(done, 0, cache.lens)
-        else:
-            positions = cache.lens
-            cache.filled = max(prompt_lens) + step + 1
-        logits = decode(tok, positions.long())
-        cache.lens = positions + 1
-
-    # 4. back to the host: cut each row after its first EOS
-    results, eos_set = [], set(eos_ids)
-    n_generated = []
-    for row in out.tolist():
-        row = [t for t in row if t >= 0]
-        cut = next((i + 1 for i, t in enumerate(row) if t in eos_set), len(row))
-        results.append(row[:cut])
-        n_generated.append(max(1, cut))
-    if stats is not None:
-        stats["entropy"] = [s / n for s, n in zip(entropy_sum.tolist(), n_generated)]
-    return results
+            if not cuda_graph:  # eager attention reads up to the longest row
+                cache.filled = int(cache.lens.max())
+            decode = decode or decode_function(model, cache, cuda_graph)
+            last = max(e for e, i in zip(rows.ends, rows.prompt) if i >= 0)
+            check = step + max(1, min(every, last - step))  # sooner when every running row's budget runs out
+        # 2. feed each row's last token through the cache; 3. sample the next one
+        logits = decode_step(decode, cache, tokens, rows.done)
+        tokens = sample_next(logits, temperature, top_p, generator)
+        record(rows, tokens, logits, eos, stats is not None)
+    return answers
 
 
 # ----------------------------------------------------------------------------------------------------------

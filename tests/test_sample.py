@@ -1,4 +1,5 @@
-"""sample.py: the cached decode against full recompute, greedy against transformers, the sampling law."""
+"""sample.py: prefill + decode_step against full recompute, greedy against transformers, the stream of prompts
+through fewer rows against one prompt at a time, budgets, seeds, the sampling law."""
 import math
 
 import pytest
@@ -19,32 +20,30 @@ def random_prompts(lengths, vocab=256, seed=0):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_cached_decode_equals_full_forward(make_checkpoint, monkeypatch, backend, family):
-    """Prefill right-padded prompts of different lengths, then decode step by step at per-row positions:
-    the logits at every step equal a full causal forward over each row's whole sequence."""
+    """sample.prefill of right-padded prompts of different lengths (one of them twice: computed once, its k/v
+    copied), then sample.decode_step at per-row positions, a row parked from the third step on: the logits
+    at every step equal a full causal forward over each running row's whole sequence."""
     monkeypatch.setenv("SEPT_ATTENTION", backend)
     m = model_lib.load_model(make_checkpoint(family))
     prompts = random_prompts([5, 17, 1])
-    cont = random_prompts([6, 6, 6], seed=1)  # teacher-forced continuation tokens
-    B, T, steps = len(prompts), 17, 6
-    cache = model_lib.new_kv_cache(m.config, B, T + steps, torch.float32, "cpu")
-    cache.filled = T
-    tokens = torch.tensor([p + [0] * (T - len(p)) for p in prompts])
-    lens = torch.tensor([len(p) for p in prompts], dtype=torch.int32)
-    cache.lens = lens  # the prompt lengths, set before the prefill (its attention skips the padding)
+    prompts.append(prompts[0])
+    cont = random_prompts([6, 6, 6, 6], seed=1)  # teacher-forced continuation tokens
+    B, steps = len(prompts), 6
+    cache = model_lib.new_kv_cache(m.config, B, 17 + steps, torch.float32, "cpu")
     with torch.no_grad():
-        h = m.hidden_states(tokens, cache, torch.arange(T).expand(B, T))
-        got = [F.linear(h[torch.arange(B), lens.long() - 1], m.head_weight)]
+        got = [sample.prefill(m, cache, prompts, torch.arange(B))]
+        assert cache.lens.tolist() == [5, 17, 1, 5]
+        cache.filled = 17
+        decode, done = sample.decode_function(m, cache, False), torch.zeros(B, dtype=torch.bool)
         for s in range(steps - 1):
-            cache.filled = T + s + 1
-            tok = torch.tensor([c[s] for c in cont])
-            h = m.hidden_states(tok[:, None], cache, cache.lens[:, None].long())
-            cache.lens = cache.lens + 1
-            got.append(F.linear(h[:, 0], m.head_weight))
+            done[2] = s >= 2
+            got.append(sample.decode_step(decode, cache, torch.tensor([c[s] for c in cont]), done))
         for b in range(B):
             full = m(torch.tensor([prompts[b] + cont[b][:steps - 1]]))[0]
-            for s in range(steps):
+            for s in range(3 if b == 2 else steps):
                 ref = full[len(prompts[b]) - 1 + s]
                 assert torch.allclose(got[s][b], ref, atol=1e-4, rtol=1e-4), (b, s)
+        assert cache.lens.tolist() == [10, 22, 1, 10] and cache.filled == 22  # the parked row holds position 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -61,20 +60,78 @@ def test_greedy_equals_transformers(make_checkpoint, monkeypatch, backend):
         assert o == ref[0, len(p):].tolist()
 
 
-@pytest.mark.parametrize("static", [False, True])
-def test_eos_stops_rows_and_compaction_is_exact(make_checkpoint, monkeypatch, static):
-    """Rows that hit EOS leave the batch (or, on the static CUDA-graph path, park at position 0); the other
-    rows' tokens are unchanged by it (greedy)."""
-    monkeypatch.setattr(sample, "SYNC_EVERY", 2)
+def one_at_a_time(m, prompts, budgets, eos):
+    return [sample.generate(m, [p], max_new_tokens=n, temperature=0, eos_ids=eos)[0] for p, n in zip(prompts, budgets)]
+
+
+# prompt lengths 1 to 13 (one repeated, as evaluation repeats each question), per-prompt budgets 0 to 9
+STREAM_PROMPTS = random_prompts([4, 9, 1, 6, 13, 5, 8, 3, 2], seed=3)
+STREAM_PROMPTS.insert(5, STREAM_PROMPTS[1])
+STREAM_BUDGETS = [7, 9, 3, 1, 8, 9, 0, 6, 9, 5]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", ["static", "eager-refill", "eager-batches"])
+def test_stream_equals_one_prompt_at_a_time(make_checkpoint, monkeypatch, backend, path):
+    """Greedy: prompts streamed through max_batch rows give each prompt the tokens it gets alone, for every
+    max_batch, with stop ids that end rows at different steps, and with host checks every step or every third
+    (ended rows then park until the check). Paths: the CUDA graph's fixed-shape step (launched eagerly here),
+    ended rows refilled in place; eager, ended rows leaving the batch and new prompts joining it as rows free
+    up, or only once all rows have ended (sample.refill_as_rows_free)."""
+    monkeypatch.setenv("SEPT_ATTENTION", backend)
+    monkeypatch.setattr(sample, "refill_as_rows_free", lambda *a: path != "eager-batches")
+    static = path == "static"
     m = model_lib.load_model(make_checkpoint("llama"))
-    prompts = random_prompts([4, 9, 2, 6, 13, 5, 8, 3], seed=3)
-    free = sample.generate(m, prompts, max_new_tokens=30, temperature=0)
-    eos = [free[0][3], free[5][10]]  # tokens that do occur, at different steps
-    stopped = sample.generate(m, prompts, max_new_tokens=30, temperature=0, eos_ids=eos, cuda_graph=static)
-    for f, s in zip(free, stopped):
-        cut = next((i + 1 for i, t in enumerate(f) if t in eos), len(f))
-        assert s == f[:cut]
-    assert any(len(s) < 30 for s in stopped) and len(free[0]) == 30
+    free = sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0)
+    eos = [free[0][2], free[4][5]]  # tokens that do occur, at different steps
+    alone = one_at_a_time(m, STREAM_PROMPTS, STREAM_BUDGETS, eos)
+    assert any(0 < len(a) < n for a, n in zip(alone, STREAM_BUDGETS))  # some rows stop early
+    for every, max_batch in [(1, 1), (1, 4), (3, 3), (3, None)] if backend == "torch" else [(3, 3)]:
+        monkeypatch.setattr(sample, "SYNC_EVERY", {"cpu": every})
+        got = sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0, eos_ids=eos,
+                              cuda_graph=static, max_batch=max_batch)
+        assert got == alone, (every, max_batch)
+
+
+def test_budgets_and_refill_cost(make_checkpoint, monkeypatch):
+    """Without stop ids every answer is exactly its budget long. The eager stream feeds a row only while its
+    answer runs (one decode row per answer token after the first, plus one for a budget-1 answer that starts
+    in the middle of the stream), and a refill prefills each distinct prompt once."""
+    m = model_lib.load_model(make_checkpoint("llama"))
+    rows_decoded, prefilled = [], []
+    decode_step, hidden_states = sample.decode_step, m.hidden_states
+
+    def counting_decode_step(decode, cache, tokens, done):
+        rows_decoded.append(len(tokens))
+        return decode_step(decode, cache, tokens, done)
+
+    def counting_hidden_states(ids, *args, **kw):
+        prefilled.extend([len(ids)] if ids.shape[1] > 1 else [])
+        return hidden_states(ids, *args, **kw)
+    monkeypatch.setattr(sample, "decode_step", counting_decode_step)
+    monkeypatch.setattr(m, "hidden_states", counting_hidden_states)
+    out = sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=1.0, seed=0, max_batch=3)
+    assert [len(o) for o in out] == STREAM_BUDGETS
+    fed = sum(n - 1 for n in STREAM_BUDGETS if n)
+    assert fed <= sum(rows_decoded) <= fed + STREAM_BUDGETS.count(1)
+    prefilled.clear()
+    sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=1.0, seed=0)  # one refill
+    assert prefilled == [len({tuple(p) for p, n in zip(STREAM_PROMPTS, STREAM_BUDGETS) if n})]
+    with pytest.raises(ValueError, match="max_new_tokens has 2 entries for 3 prompts"):
+        sample.generate(m, STREAM_PROMPTS[:3], max_new_tokens=[4, 4])
+
+
+def test_when_ended_rows_get_new_prompts(make_checkpoint):
+    """As rows free up where the weights outweigh the cache rows (or on the CUDA-graph path); once all rows have
+    ended where the rows outweigh the weights, as for the toy's evaluation: 2,048 rows of 81 positions."""
+    m = model_lib.load_model(make_checkpoint("llama"))
+    shape = dict(vocab_size=28, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=32)  # data/toy's
+    toy = model_lib.empty_model(model_lib.ModelConfig(**shape), "cpu", torch.float32)
+    few = model_lib.new_kv_cache(m.config, 4, 32, torch.float32, "cpu")
+    many = model_lib.new_kv_cache(toy.config, 2048, 81, torch.float32, "cpu")
+    assert sample.refill_as_rows_free(m, few, False) and not sample.refill_as_rows_free(toy, many, False)
+    assert sample.refill_as_rows_free(toy, many, True)
 
 
 def chi_square_p_value_bound(counts, probs):
@@ -117,28 +174,45 @@ def test_top_p_stays_in_nucleus():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_decoding_matches_eager(make_checkpoint):
+    """The replayed CUDA graph, with rows refilled at the host checks, gives the eager path's tokens (greedy,
+    fp32), which are each prompt's tokens alone."""
     m = model_lib.load_model(make_checkpoint("qwen2"), device="cuda")
-    prompts = random_prompts([3, 40, 17, 9], seed=2)
-    eager = sample.generate(m, prompts, max_new_tokens=40, temperature=0, cuda_graph=False)
-    graphed = sample.generate(m, prompts, max_new_tokens=40, temperature=0, cuda_graph=True)
-    assert graphed == eager
+    prompts = random_prompts([3, 40, 17, 9, 1, 25, 12], seed=2)
+    prompts.insert(3, prompts[1])
+    budgets = [40, 9, 33, 40, 1, 20, 40, 28]
+    free = sample.generate(m, prompts, max_new_tokens=budgets, temperature=0, cuda_graph=False)
+    eos = [free[0][20], free[2][5]]
+    alone = one_at_a_time(m, prompts, budgets, eos)
+    for max_batch in (None, 3):
+        kw = dict(max_new_tokens=budgets, temperature=0, eos_ids=eos, max_batch=max_batch)
+        assert sample.generate(m, prompts, cuda_graph=False, **kw) == alone, max_batch
+        assert sample.generate(m, prompts, cuda_graph=True, **kw) == alone, max_batch
 
 
-def test_seed_reproduces(make_checkpoint):
+def test_seeds_and_the_global_rng(make_checkpoint):
+    """A seed reproduces a stream's draws; an unseeded call draws its seed from the global RNG without
+    reseeding it (torch.seed() would), so torch.manual_seed makes it reproducible too."""
     m = model_lib.load_model(make_checkpoint("llama"))
-    prompts = random_prompts([4, 9, 2])
-    a = sample.generate(m, prompts, max_new_tokens=20, temperature=1.0, seed=7)
-    b = sample.generate(m, prompts, max_new_tokens=20, temperature=1.0, seed=7)
-    c = sample.generate(m, prompts, max_new_tokens=20, temperature=1.0, seed=8)
-    assert a == b and a != c
+    kw = dict(max_new_tokens=STREAM_BUDGETS, temperature=1.0, max_batch=3)
+    a, b = (sample.generate(m, STREAM_PROMPTS, seed=7, **kw) for _ in range(2))
+    assert a == b and a != sample.generate(m, STREAM_PROMPTS, seed=8, **kw)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append((sample.generate(m, STREAM_PROMPTS, **kw), torch.rand(4).tolist()))
+    assert runs[0] == runs[1]
 
 
 def test_entropy_stats(make_checkpoint):
+    """stats["entropy"]: each prompt's mean next-token entropy over its answer, the same however it streams."""
     m = model_lib.load_model(make_checkpoint("llama"))
-    stats = {}
+    stats, streamed = {}, {}
     out = sample.generate(m, random_prompts([4, 9]), max_new_tokens=5, temperature=0.0, stats=stats)
     assert len(stats["entropy"]) == 2 and all(0 < e < math.log(256) for e in stats["entropy"])
     assert [len(o) for o in out] == [5, 5]  # no eos_ids: runs to max_new_tokens
+    sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0.0, stats=stats)
+    sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0.0, stats=streamed, max_batch=2)
+    assert streamed["entropy"] == pytest.approx(stats["entropy"], rel=1e-5) and stats["entropy"][6] == 0.0
 
 
 def test_bad_input(make_checkpoint):
