@@ -146,16 +146,12 @@ def seed_for(cfg: SePTConfig, purpose: str, r: int) -> int:
 def draw_answers(sampler: model_lib.Transformer, prompts_ids: list[list[int]], *, tau: float, max_new_tokens: int,
                  top_p: float, stop_ids, batch: int, seed: int, desc: str = "") -> tuple[list[list[int]], list[float]]:
     """An answer (token ids) to each prompt at temperature τ, and the mean entropy of the model's next-token
-    distribution over it, in generate calls of `batch` prompts."""
-    responses, entropies = [], []
-    chunks = range(0, len(prompts_ids), batch)
-    for c in tqdm(chunks, desc=desc, leave=False, disable=len(chunks) == 1):
-        stats = {}
-        responses += sample.generate(sampler, prompts_ids[c:c + batch], max_new_tokens=max_new_tokens,
-                                     temperature=tau, top_p=top_p, eos_ids=stop_ids, seed=seed + c // batch,
-                                     stats=stats)
-        entropies += stats["entropy"]
-    return responses, entropies
+    distribution over it: one stream through `batch` rows, each row taking the next prompt when its answer ends."""
+    stats = {}
+    with tqdm(total=len(prompts_ids), desc=desc, leave=False, disable=len(prompts_ids) <= batch) as bar:
+        responses = sample.generate(sampler, prompts_ids, max_new_tokens=max_new_tokens, temperature=tau, top_p=top_p,
+                                    eos_ids=stop_ids, seed=seed, stats=stats, max_batch=batch, progress=bar.update)
+    return responses, stats["entropy"]
 
 
 def train_on_answers(master: model_lib.Transformer, optimizer, pairs: list[train.Pair], step: int,
@@ -193,15 +189,18 @@ def group_advantages(rewards: list[float], group: int) -> list[float]:
 
 def evaluate(sampler: model_lib.Transformer, tokenizer: prompts.Tokenizer, test_sets: dict, *, n: int, tau: float,
              max_new_tokens: int, batch: int, seed: int) -> dict:
-    """n answers per test question at τ, graded: pass@k (percent) per set and averaged over sets."""
+    """n answers per test question at τ, graded: pass@k (percent) per set and averaged over sets. Every set's
+    answers go through one stream of `batch` rows."""
     t0, tables = time.time(), {}
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
-    for name, (qs, prompt_ids) in test_sets.items():
-        responses, _ = draw_answers(sampler, [p for p in prompt_ids for _ in range(n)], tau=tau, top_p=1.0,
-                                    max_new_tokens=max_new_tokens, stop_ids=tokenizer.stop_ids, batch=batch,
-                                    seed=seed, desc=f"eval {name} τ={tau}")
-        grades = grading.grade_many([tokenizer.decode(r) for r in responses], [q.answer for q in qs for _ in range(n)])
-        counts = [sum(bool(g.correct) for g in grades[i * n:(i + 1) * n]) for i in range(len(qs))]
+    asked = [(name, q, p) for name, (qs, prompt_ids) in test_sets.items() for q, p in zip(qs, prompt_ids)
+             for _ in range(n)]
+    responses, _ = draw_answers(sampler, [p for _, _, p in asked], tau=tau, top_p=1.0, max_new_tokens=max_new_tokens,
+                                stop_ids=tokenizer.stop_ids, batch=batch, seed=seed, desc=f"eval τ={tau}")
+    grades = grading.grade_many([tokenizer.decode(r) for r in responses], [q.answer for _, q, _ in asked])
+    for name, (qs, _) in test_sets.items():
+        mine = [g for (set_name, _, _), g in zip(asked, grades) if set_name == name]  # n per question, in order
+        counts = [sum(bool(g.correct) for g in mine[i * n:(i + 1) * n]) for i in range(len(qs))]
         tables[name] = grading.pass_at_k_table(counts, n, ks)
     result = grading.mean_over_benchmarks(tables) if len(tables) > 1 else dict(next(iter(tables.values())))
     if len(tables) > 1:

@@ -268,3 +268,22 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume(make_checkpoint, tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"interrupted: {out}/checkpoints/last holds round ") and last.endswith(
         f"continue with: python {os.path.join(ROOT, 'sept_loop.py')} --resume {out}"), last
+
+
+def test_evaluate_streams_every_set_through_one_generate_call(monkeypatch):
+    """All test sets × n answers go through one generate call of `batch` rows; each set is graded on its own."""
+    from types import SimpleNamespace
+    calls = []
+
+    def fake_generate(model, prompts, **kw):  # the answer repeats the prompt's first token
+        calls.append((len(prompts), kw["max_batch"]))
+        kw["stats"]["entropy"] = [0.0] * len(prompts)
+        return [[p[0]] for p in prompts]
+    monkeypatch.setattr(sept_loop.sample, "generate", fake_generate)
+    tokenizer = SimpleNamespace(stop_ids=(), decode=lambda ids: f"so \\boxed{{{ids[0]}}}")
+    truth = [SimpleNamespace(answer=a) for a in ("1", "2", "7")]
+    test_sets = {"a": (truth[:2], [[1], [5]]), "b": (truth[2:], [[7]])}  # a: one of two right, b: right
+    result = sept_loop.evaluate(None, tokenizer, test_sets, n=4, tau=1.0, max_new_tokens=8, batch=3, seed=0)
+    assert calls == [(12, 3)]
+    assert result["benchmarks"]["a"]["pass@1"] == 50 and result["benchmarks"]["b"]["pass@1"] == 100
+    assert result["pass@1"] == 75
