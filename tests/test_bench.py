@@ -10,7 +10,8 @@ ROW_KEYS = {  # keys every measured row of a section carries on the CPU
                  "roofline_frac"},
     "kernels": {"name", "kind", "batch", "seq", "triton_ms", "sdpa_ms", "speedup_vs_sdpa"},
     "training": {"name", "impl", "seq_tokens", "step_s", "tok_s", "tflops", "mfu", "peak_gb"},
-    "round": {"name", "seconds_sampling", "seconds_training", "seconds_eval", "seconds_total"},
+    "lengths": {"name", "fixed_tok_s", "static_tok_s", "stream_tok_s", "static_share", "stream_share"},
+    "round": {"name", "seconds_sampling", "seconds_training", "seconds_total"},
 }
 
 
@@ -29,10 +30,12 @@ def test_quick_bench_writes_every_section(tmp_path, monkeypatch):
         assert not [r for r in rows if "error" in r], rows  # skipped rows (no toy yet) are fine, errors are not
         measured = [r for r in rows if "skipped" not in r]
         for row in measured:
-            assert keys <= set(row), (section, keys - set(row))
+            if row["name"] != "toy-eval":
+                assert keys <= set(row), (section, keys - set(row))
         if section != "round":  # the round needs the toy, which may not be built yet
             assert measured, section
     assert {r["kind"] for r in report["kernels"]} == {"prefill", "decode"}
+    assert {"tok_s", "tok_cpu_s"} <= set(next(r for r in report["lengths"] if r["name"] == "toy-eval"))
     assert {r["impl"] for r in report["training"]} == {"sept", "transformers"}
 
 
