@@ -72,7 +72,7 @@ class SePTConfig(train.TrainConfig):
     eval_max_questions: int = 0         # use the first N questions of each test file (0 = all)
     sweep: str = ""                     # e.g. 0.0,0.2,0.4: evaluate the initial model at these τ, then stop
     compare: str = ""                   # run folders, comma-separated: plot them together into --out (a .png)
-    sample_batch: int = 256             # sequences per generate call (bounds the KV cache's memory)
+    sample_batch: int = 256             # rows of the sampling stream (bounds the KV cache's memory)
     checkpoint_every: int = 10          # write checkpoints/last every this many rounds (resume point)
     save_every: int = 50                # also keep checkpoints/round_NNNN every this many rounds (0 = never)
     seed: int = 0                       # every random choice is a pure function of (seed, round)
