@@ -268,7 +268,7 @@ def differences(c, p: Plan, sets: dict) -> list[str]:
                    "those of --rounds), cosine to 0 (sept: --lr-schedule, --min-lr); its validation is a loss: "
                    "evaluate the result with sept --sweep or sept/recipe/sept/tau_sweep.py")
     if c.resume:
-        out.append(f"--resume: this starts from --model; sept's checkpoints are HF folders (MODEL_PATH may name one)")
+        out.append("--resume: this starts from --model; sept's checkpoints are HF folders (MODEL_PATH may name one)")
     return out + ["--seed, --sample-batch, --micro-batch-tokens, --loss-chunk-rows, --checkpoint-every and --eps "
                   "have no verl key; verl's AdamW has eps 1e-8 and trains under bf16 with fp32 masters, as sept"]
 
