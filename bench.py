@@ -181,7 +181,7 @@ def decode_seconds(net, batch: int, context: int, steps: int, warm: int = 3) -> 
     graph = dev.type == "cuda" and model_lib.attention_backend(dev) == "triton"
     cache = model_lib.new_kv_cache(cfg, batch, context + warm + steps + 1, net.head_weight.dtype, dev)
     cache.lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
-    cache.filled = cache.k.shape[2] if graph else context
+    cache.filled = cache.k.shape[3] if graph else context
     decode, running = sample.decode_function(net, cache, graph), torch.zeros(batch, dtype=torch.bool, device=dev)
     tokens, g = torch.zeros(batch, dtype=torch.long, device=dev), torch.Generator(device=dev).manual_seed(0)
 

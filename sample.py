@@ -130,8 +130,8 @@ def prefill(model, cache: model_lib.KVCache, prompts: list[list[int]], rows: tor
     h = model.hidden_states(tokens, cache, torch.arange(T, device=rows.device).expand(len(first), T), rows=src)
     logits = last_logits(model, h[torch.arange(len(first), device=rows.device), lens.long() - 1])
     if len(first) < len(prompts):
-        cache.k[:, rows, :T] = cache.k[:, src[which], :T]
-        cache.v[:, rows, :T] = cache.v[:, src[which], :T]
+        cache.k[:, rows, :, :T] = cache.k[:, src[which], :, :T]
+        cache.v[:, rows, :, :T] = cache.v[:, src[which], :, :T]
     cache.lens[rows] = lens[which]
     return logits[which]
 
@@ -141,7 +141,7 @@ def decode_step(decode, cache: model_lib.KVCache, tokens: torch.Tensor, done: to
     filled. An ended row parks at position 0: it rewrites a slot that only its next prefill reads, and its
     attention reads one position."""
     positions = torch.where(done, 0, cache.lens)
-    cache.filled = min(cache.filled + 1, cache.k.shape[2])  # eager attention reads [0, filled); static: all
+    cache.filled = min(cache.filled + 1, cache.k.shape[3])  # eager attention reads [0, filled); static: all
     logits = decode(tokens, positions.long())
     cache.lens = positions + 1
     return logits
@@ -200,7 +200,7 @@ def rebatch(full: model_lib.KVCache, cache, rows: Rows, tokens, keep: list[int],
     if holes:
         src, dst = torch.tensor(movers, device=tokens.device), torch.tensor(holes, device=tokens.device)
         for kv in (full.k, full.v):
-            kv[:, dst, :cache.filled] = kv[:, src, :cache.filled]
+            kv[:, dst, :, :cache.filled] = kv[:, src, :, :cache.filled]
     order = list(range(n))  # new row j holds old row order[j]
     for h, m in zip(holes, movers):
         order[h] = m
@@ -269,7 +269,7 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int | list[int]
     B = min(len(waiting), max_batch or len(waiting))
     full = model_lib.new_kv_cache(cfg, B, max(len(prompts[i]) + budgets[i] for i in waiting),
                                   model.head_weight.dtype, device)  # once per call, for the longest sequence
-    full.filled = full.k.shape[2] if cuda_graph else 0
+    full.filled = full.k.shape[3] if cuda_graph else 0
     as_freed = refill_as_rows_free(model, full, cuda_graph)
     group = max(1, B // 16) if as_freed else B  # free rows a refill waits for (fewer when fewer wait)
     cache, rows, tokens = full, free_rows(B, max(budgets), device), torch.zeros(B, dtype=torch.long, device=device)
