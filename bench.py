@@ -14,11 +14,12 @@ threads that wait for each other's time slices make every op ~100x slower).
 """
 import functools
 import gc
-import importlib
+import importlib.util
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -54,7 +55,7 @@ class BenchConfig:
     ragged_prompts: int = 1024          # prompts of the 1.5B lengths row (CUDA), streamed through ragged_rows
     ragged_rows: int = 256              # rows of that row (the paper preset's --sample-batch)
     ragged_cap: int = 3072              # its answer-length cap (the paper's max response length)
-    toy_eval_baseline: float = 12900.0  # toy-eval tokens per CPU-second before streaming, this CPU (README)
+    toy_eval_against: str = ""          # an earlier sept checkout whose sampler the toy-eval row also times
     kernel_lens: str = "512,1024,2048,4096,8192"  # prompt / cache lengths of the kernel rows (CUDA)
     kernel_batches: str = "1,16,64"     # batch sizes of the decode-kernel rows (CUDA)
     train_pairs: int = 4                # pairs per update in the 1.5B training rows (CUDA)
@@ -277,22 +278,52 @@ def ragged_row(net, n: int, rows: int, prompt_tokens: int, cap: int, reps: int, 
     return row
 
 
+def earlier_sample(folder: str):
+    """(sample, model) of an earlier sept checkout, imported beside ours: its own files under the names they
+    import each other by, ours put back after."""
+    ours = {name: sys.modules[name] for name in ("triton_kernels", "model", "sample")}
+    try:
+        for name in ours:  # in import order: its model then finds its triton_kernels
+            spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f"{name}.py"))
+            sys.modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(sys.modules[name])
+        return sys.modules["sample"], sys.modules["model"]
+    finally:
+        sys.modules.update(ours)
+
+
 def toy_eval_row(cfg: BenchConfig, dev) -> dict:
     """The toy's evaluation as sept_loop.evaluate samples it: each of the 200 test questions 32 times at τ = 1, up
-    to 64 tokens, one stream of 2,048 rows (the toy preset); tokens per second of wall and of CPU time."""
+    to 64 tokens, one stream of 2,048 rows (the toy preset). --toy-eval-against DIR: interleaved with the sampler
+    of an earlier checkout (e.g. `git worktree add /tmp/sept-3f33853 3f33853`, before streaming), called as its
+    sept_loop did: one generate call per 2,048 prompts."""
     import sept_loop
     from data import prompts as prompt_lib
     scfg = sept_loop.SePTConfig(**sept_loop.PRESETS["toy"])
-    ids = toy_prompts(cfg.toy, 8 if cfg.quick else 200, scfg.eval_n)
-    net = model_lib.load_model(cfg.toy, dev, cli.pick_dtype("auto", dev))
-    t0, c0 = time.perf_counter(), time.process_time()
-    answers, _ = sept_loop.draw_answers(net, ids, tau=scfg.eval_temperature, max_new_tokens=scfg.max_response_tokens,
-                                        top_p=1.0, stop_ids=prompt_lib.load_tokenizer(cfg.toy).stop_ids,
-                                        batch=scfg.sample_batch, seed=0)
-    wall, cpu, tokens = time.perf_counter() - t0, time.process_time() - c0, sum(map(len, answers))
-    return dict(answers=len(ids), tokens=tokens, seconds=wall, tok_s=tokens / wall, tok_cpu_s=tokens / cpu,
-                speedup_vs_recorded=tokens / cpu / cfg.toy_eval_baseline if dev.type == "cpu" else None,
-                note=f"recorded before streaming: {cfg.toy_eval_baseline:g} tokens per CPU-s (README)")
+    B, tau, new_tokens = scfg.sample_batch, scfg.eval_temperature, scfg.max_response_tokens
+    ids, stop = toy_prompts(cfg.toy, 8 if cfg.quick else 200, scfg.eval_n), prompt_lib.load_tokenizer(cfg.toy).stop_ids
+    net, tokens = model_lib.load_model(cfg.toy, dev, cli.pick_dtype("auto", dev)), {}
+
+    def now():
+        answers, _ = sept_loop.draw_answers(net, ids, tau=tau, max_new_tokens=new_tokens, top_p=1.0, stop_ids=stop,
+                                            batch=B, seed=0)
+        tokens["now"] = sum(map(len, answers))
+
+    def before():
+        tokens["before"] = sum(len(a) for c in range(0, len(ids), B) for a in old.generate(
+            old_net, ids[c:c + B], max_new_tokens=new_tokens, temperature=tau, eos_ids=stop, seed=c, stats={}))
+
+    runs = {"now": now}
+    if cfg.toy_eval_against:
+        old, old_model = earlier_sample(cfg.toy_eval_against)
+        old_net, runs["before"] = old_model.load_model(cfg.toy, device=dev, dtype=net.head_weight.dtype), before
+    t = interleaved(runs, 1 if cfg.quick else cfg.reps, dev)
+    row = dict(answers=len(ids), tokens=tokens["now"], seconds=t["now"], tok_s=tokens["now"] / t["now"])
+    if "before" in t:
+        row.update(against=cfg.toy_eval_against, before_tokens=tokens["before"], before_seconds=t["before"],
+                   before_tok_s=tokens["before"] / t["before"])
+        row["speedup"] = row["tok_s"] / row["before_tok_s"]
+    return row
 
 
 def lengths_section(cfg: BenchConfig, dev, report: dict):
@@ -515,6 +546,8 @@ def main(argv=None):
     sections = [s for s in cfg.only.split(",") if s]
     if set(sections) - set(SECTIONS):
         raise SystemExit(f"bench.py: error: --only {cfg.only}: choose from {', '.join(SECTIONS)}")
+    if cfg.toy_eval_against and not os.path.isfile(os.path.join(cfg.toy_eval_against, "sample.py")):
+        raise SystemExit(f"bench.py: error: --toy-eval-against {cfg.toy_eval_against}: no sample.py there")
     torch.set_num_threads(cfg.threads)
     dev = cli.pick_device(cfg.device)
     print("config " + json.dumps(asdict(cfg)))

@@ -1,8 +1,14 @@
 """bench.py at its smallest (--quick): every section runs on the CPU and the JSON has the promised keys.
 No timing is asserted: the figures depend on the machine, the report's shape does not."""
 import json
+import os
+import sys
+
+import pytest
 
 import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MACHINE_KEYS = {"device", "name", "threads", "torch", "triton", "transformers", "date", "copy_gb_s", "peak_tflops"}
 ROW_KEYS = {  # keys every measured row of a section carries on the CPU
@@ -35,8 +41,22 @@ def test_quick_bench_writes_every_section(tmp_path, monkeypatch):
         if section != "round":  # the round needs the toy, which may not be built yet
             assert measured, section
     assert {r["kind"] for r in report["kernels"]} == {"prefill", "decode"}
-    assert {"tok_s", "tok_cpu_s"} <= set(next(r for r in report["lengths"] if r["name"] == "toy-eval"))
+    assert {"tokens", "tok_s"} <= set(next(r for r in report["lengths"] if r["name"] == "toy-eval"))
     assert {r["impl"] for r in report["training"]} == {"sept", "transformers"}
+
+
+def test_toy_eval_against_an_earlier_checkout(tmp_path, monkeypatch):
+    """--toy-eval-against imports another checkout's sampler beside ours; this checkout against itself draws the
+    same answers (one call of every prompt at seed 0 either way), and ours is put back afterwards."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    out = tmp_path / "bench.json"
+    bench.main(["--quick", "--threads", "1", "--only", "lengths", "--toy-eval-against", str(ROOT), "--out", str(out)])
+    row = next(r for r in json.loads(out.read_text())["lengths"] if r["name"] == "toy-eval")
+    assert "error" not in row, row
+    assert row["before_tokens"] == row["tokens"] > 0 and row["speedup"] > 0
+    assert bench.sample.generate.__module__ == "sample" and sys.modules["sample"] is bench.sample
+    with pytest.raises(SystemExit, match="no sample.py"):
+        bench.main(["--quick", "--only", "lengths", "--toy-eval-against", str(tmp_path), "--out", str(out)])
 
 
 def test_only_selects_sections(tmp_path, monkeypatch):
