@@ -12,6 +12,7 @@ round). Candidates run interleaved, medians reported; each row is printed and --
 a failing row keeps its error. Random weights: std 0.02. On a CPU shared with other jobs use --threads 1 (two
 threads that wait for each other's time slices make every op ~100x slower).
 """
+import contextlib
 import functools
 import gc
 import importlib.util
@@ -21,9 +22,7 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from datetime import datetime
 
 import torch
 import torch.nn.functional as F
@@ -67,18 +66,15 @@ class BenchConfig:
     budget_s: float = 0.0               # start no new row after this many seconds (0 = no limit)
 
 
-def shape(model_type, vocab, hidden, inner, layers, heads, kv_heads, head_dim, **kw) -> model_lib.ModelConfig:
-    return model_lib.ModelConfig(model_type=model_type, vocab_size=vocab, hidden_size=hidden, intermediate_size=inner,
-                                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                                 head_dim=head_dim, **kw)
-
-
-# Architectures with random weights (the toy is read from its checkpoint).
-SHAPES = {"tiny": shape("llama", 512, 64, 128, 2, 4, 2, 16, tie_word_embeddings=True),
-          "small": shape("llama", 8192, 256, 768, 4, 4, 2, 64),
-          "smollm-135m": shape("llama", 49152, 576, 1536, 30, 9, 3, 64, rms_norm_eps=1e-5, tie_word_embeddings=True),
-          "qwen2.5-1.5b": shape("qwen2", 151936, 1536, 8960, 28, 12, 2, 128, rope_theta=1e6, attention_bias=True,
-                                max_position_embeddings=32768, tie_word_embeddings=True)}
+# Architectures with random weights (the toy is read from its checkpoint), ModelConfig's first fields in order:
+# model_type, vocab_size, hidden_size, intermediate_size, layers, attention heads, key/value heads, head_dim.
+SHAPES = {"tiny": model_lib.ModelConfig("llama", 512, 64, 128, 2, 4, 2, 16, tie_word_embeddings=True),
+          "small": model_lib.ModelConfig("llama", 8192, 256, 768, 4, 4, 2, 64),
+          "smollm-135m": model_lib.ModelConfig("llama", 49152, 576, 1536, 30, 9, 3, 64, rms_norm_eps=1e-5,
+                                               tie_word_embeddings=True),
+          "qwen2.5-1.5b": model_lib.ModelConfig("qwen2", 151936, 1536, 8960, 28, 12, 2, 128, rope_theta=1e6,
+                                                attention_bias=True, max_position_embeddings=32768,
+                                                tie_word_embeddings=True)}
 QWEN = SHAPES["qwen2.5-1.5b"]
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, matched against the device name in this order.
 PEAK_BF16 = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("A100", 312.0))
@@ -97,8 +93,7 @@ def seconds(fn, dev) -> float:
 
 
 def interleaved(candidates: dict, reps: int, dev) -> dict:
-    """Median seconds per candidate over reps rounds of A, B, A, B, ...: drifts in clock speed or in a
-    neighbour's load hit every candidate alike."""
+    """Median seconds per candidate over reps rounds of A, B, A, B, ...: a drift in clock or load hits all alike."""
     times = {k: [] for k in candidates}
     for _ in range(reps):
         for k, fn in candidates.items():
@@ -114,13 +109,6 @@ def kernel_ms(fn, dev, reps: int = 5) -> float:  # median ms; on CUDA do_bench, 
     return 1e3 * statistics.median(seconds(fn, dev) for _ in range(reps))
 
 
-def copy_gb_s(dev, quick: bool) -> float:
-    """Bytes read + written per second by one large copy: the bandwidth a memory-bound kernel can hope for."""
-    x = torch.ones(1 << 28 if dev.type == "cuda" else 1 << 22 if quick else 1 << 24, device=dev)  # fp32
-    y = torch.empty_like(x)
-    return 2 * x.nbytes / kernel_ms(lambda: y.copy_(x), dev) / 1e6
-
-
 @torch.no_grad()
 def random_model(cfg: model_lib.ModelConfig, dev, dtype, seed: int = 0) -> model_lib.Transformer:
     net, g = model_lib.empty_model(cfg, dev, dtype), torch.Generator(device=dev).manual_seed(seed)
@@ -130,8 +118,7 @@ def random_model(cfg: model_lib.ModelConfig, dev, dtype, seed: int = 0) -> model
 
 
 def hf_twin(net: model_lib.Transformer):
-    """transformers' model of the same architecture holding the same weights: the names match, so the copy is
-    strict (a tied head is the one tensor transformers holds and we do not)."""
+    """transformers' model holding our weights: the names match, so the copy is strict (but for a tied head)."""
     import transformers
     hf = model_lib.hf_config_from(net.config)
     config = transformers.AutoConfig.for_model(hf.pop("model_type"), **hf)
@@ -145,6 +132,14 @@ def hf_twin(net: model_lib.Transformer):
 
 def random_prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
     return torch.randint(3, vocab, (n, length), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def toy_prompts(path: str, n: int, per_question: int = 1, split: str = "test") -> list[list[int]]:
+    """The first n questions of the toy's split in its template, each per_question times."""
+    from data import prompts as prompt_lib, questions
+    tok, qs = prompt_lib.load_tokenizer(path), questions.load_questions(os.path.join(path, f"{split}.jsonl"))
+    return [tok.encode(prompt_lib.build_prompt(qs[i % len(qs)].problem, "toy")) for i in range(n)
+            for _ in range(per_question)]
 
 
 def ints(text: str) -> list[int]:
@@ -178,9 +173,9 @@ def run_row(report: dict, cfg: BenchConfig, section: str, name: str, fn):
 def decode_seconds(net, batch: int, context: int, steps: int, warm: int = 3) -> tuple[float, float]:
     """(seconds per decode step, mean cached tokens): generate's own decode_step (a CUDA graph on CUDA) and the
     sampler, timed alone on a cache holding `context` tokens (zeros: the values do not change the work)."""
-    cfg, dev = net.config, net.head_weight.device
+    dev = net.head_weight.device
     graph = dev.type == "cuda" and model_lib.attention_backend(dev) == "triton"
-    cache = model_lib.new_kv_cache(cfg, batch, context + warm + steps + 1, net.head_weight.dtype, dev)
+    cache = model_lib.new_kv_cache(net.config, batch, context + warm + steps + 1, net.head_weight.dtype, dev)
     cache.lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
     cache.filled = cache.k.shape[3] if graph else context
     decode, running = sample.decode_function(net, cache, graph), torch.zeros(batch, dtype=torch.bool, device=dev)
@@ -210,42 +205,32 @@ def sampling_row(net, prompts, new_tokens: int, cfg: BenchConfig, dev, copy: flo
         gen(2)  # warm-up: kernels compiled, allocator and thread pool primed
     t = interleaved({k: functools.partial(gen, new_tokens) for k, gen in gens.items()},
                     cfg.gpu_reps if cuda else cfg.reps, dev)
-    row = dict(dtype=str(net.head_weight.dtype).removeprefix("torch."), batch=B, prompt_tokens=P,
-               new_tokens=new_tokens, sept_tok_s=B * new_tokens / t["sept"], hf_tok_s=B * new_tokens / t["hf"],
-               speedup_vs_hf=t["hf"] / t["sept"])
     step_s, mean_context = decode_seconds(net, B, context or P + new_tokens // 2, 20 if cuda else 2 if cfg.quick else 8)
     # what a step must read: every weight once (an untied embedding is a lookup of B rows, left out; a tied one is
     # read whole as the head), and K and V of every cached token
     weights = sum(p.numel() for p in net.parameters()) - (0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size)
     kv = 2 * c.num_hidden_layers * B * mean_context * c.num_key_value_heads * c.head_dim
     gb_s = net.head_weight.element_size() * (weights + kv) / step_s / 1e9
-    return dict(row, decode_ms=1e3 * step_s, decode_context=round(mean_context), decode_gb_s=gb_s,
-                roofline_frac=gb_s / copy)
-
-
-def toy_prompts(path: str, n: int, per_question: int = 1, split: str = "test") -> list[list[int]]:
-    """The first n questions of the toy's split in its template, each per_question times."""
-    from data import prompts as prompt_lib, questions
-    tok, qs = prompt_lib.load_tokenizer(path), questions.load_questions(os.path.join(path, f"{split}.jsonl"))
-    return [tok.encode(prompt_lib.build_prompt(qs[i % len(qs)].problem, "toy")) for i in range(n)
-            for _ in range(per_question)]
+    return dict(dtype=str(net.head_weight.dtype).removeprefix("torch."), batch=B, prompt_tokens=P,
+                new_tokens=new_tokens, sept_tok_s=B * new_tokens / t["sept"], hf_tok_s=B * new_tokens / t["hf"],
+                speedup_vs_hf=t["hf"] / t["sept"], decode_ms=1e3 * step_s, decode_context=round(mean_context),
+                decode_gb_s=gb_s, roofline_frac=gb_s / copy)
 
 
 def sampling_section(cfg: BenchConfig, dev, report: dict):
     q, copy, dtype = cfg.quick, report["machine"]["copy_gb_s"], cli.pick_dtype("auto", dev)
-    run_row(report, cfg, "sampling", "toy", lambda: sampling_row(model_lib.load_model(cfg.toy, dev, dtype),
-                                                                  toy_prompts(cfg.toy, 8 if q else 64), 8 if q else 48,
-                                                                  cfg, dev, copy))
+    yield "toy", lambda: sampling_row(model_lib.load_model(cfg.toy, dev, dtype), toy_prompts(cfg.toy, 8 if q else 64),
+                                      8 if q else 48, cfg, dev, copy)
     name, B, P, N = ("tiny", 2, 8, 8) if q else ("smollm-135m", 16, 32, 64)
-    run_row(report, cfg, "sampling", name, lambda: sampling_row(
-        random_model(SHAPES[name], dev, dtype), random_prompts(B, P, SHAPES[name].vocab_size), N, cfg, dev, copy))
+    yield name, lambda: sampling_row(random_model(SHAPES[name], dev, dtype),
+                                     random_prompts(B, P, SHAPES[name].vocab_size), N, cfg, dev, copy)
     if dev.type == "cuda" and not q:  # one 1.5B pair (ours + transformers' twin) serves every batch size
         net = random_model(QWEN, dev, dtype)
         twin = hf_twin(net)
         for B in ints(cfg.gpu_sizes):
-            run_row(report, cfg, "sampling", f"qwen2.5-1.5b b{B}", lambda: sampling_row(
+            yield f"qwen2.5-1.5b b{B}", lambda: sampling_row(
                 net, random_prompts(B, cfg.gpu_prompt_tokens, QWEN.vocab_size), cfg.gpu_new_tokens, cfg, dev, copy,
-                cfg.decode_context, twin))
+                cfg.decode_context, twin)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -262,14 +247,13 @@ def ragged_row(net, n: int, rows: int, prompt_tokens: int, cap: int, reps: int, 
     g = torch.Generator().manual_seed(0)
     lens = (torch.randn(n, generator=g) * 0.6).exp() * (cap / 6)
     lens = lens.masked_fill(torch.rand(n, generator=g) < 0.08, cap).round().clamp(1, cap).long().tolist()
-    prompts = random_prompts(n, prompt_tokens, net.config.vocab_size)
+    prompts, starts = random_prompts(n, prompt_tokens, net.config.vocab_size), range(0, n, rows)
     mean, gen = round(statistics.mean(lens)), functools.partial(sample.generate, net, temperature=1.0, seed=0)
     gen(prompts[:2], max_new_tokens=2)  # warm-up
     t = interleaved({"fixed": lambda: gen(prompts[:rows], max_new_tokens=mean),
-                     "static": lambda: [gen(prompts[c:c + rows], max_new_tokens=lens[c:c + rows])
-                                        for c in range(0, n, rows)],
+                     "static": lambda: [gen(prompts[c:c + rows], max_new_tokens=lens[c:c + rows]) for c in starts],
                      "stream": lambda: gen(prompts, max_new_tokens=lens, max_batch=rows)}, reps, dev)
-    busy = sum(lens) / sum(rows * max(lens[c:c + rows]) for c in range(0, n, rows))  # static rows' busy share
+    busy = sum(lens) / sum(rows * max(lens[c:c + rows]) for c in starts)  # static rows' busy share
     row = dict(prompts=n, rows=rows, prompt_tokens=prompt_tokens, len_median=statistics.median(lens), len_mean=mean,
                len_cap=cap, capped=sum(x == cap for x in lens) / n, static_busy=busy,
                fixed_tok_s=rows * mean / t["fixed"])
@@ -279,8 +263,8 @@ def ragged_row(net, n: int, rows: int, prompt_tokens: int, cap: int, reps: int, 
 
 
 def earlier_sample(folder: str):
-    """(sample, model) of an earlier sept checkout, imported beside ours: its own files under the names they
-    import each other by, ours put back after."""
+    """(sample, model) of an earlier checkout, imported under the names its files import each other by; ours put
+    back after."""
     ours = {name: sys.modules[name] for name in ("triton_kernels", "model", "sample")}
     try:
         for name in ours:  # in import order: its model then finds its triton_kernels
@@ -328,15 +312,15 @@ def toy_eval_row(cfg: BenchConfig, dev) -> dict:
 
 def lengths_section(cfg: BenchConfig, dev, report: dict):
     cuda, dtype = dev.type == "cuda", cli.pick_dtype("auto", dev)
-    cases = ([("tiny", SHAPES["tiny"], 16, 4, 8, 16)] if cfg.quick else  # name, shape, prompts, rows, prompt, cap
-             [("qwen2.5-1.5b", QWEN, cfg.ragged_prompts, cfg.ragged_rows, cfg.round_prompt_tokens, cfg.ragged_cap)]
+    reps = cfg.gpu_reps if cuda else 1 if cfg.quick else cfg.reps
+    cases = ([("tiny", 16, 4, 8, 16)] if cfg.quick else  # name, prompts, rows, prompt tokens, answer cap
+             [("qwen2.5-1.5b", cfg.ragged_prompts, cfg.ragged_rows, cfg.round_prompt_tokens, cfg.ragged_cap)]
              if cuda else  # on the CPU budgets scaled down (3,072 / 32 fits the toy's context of 128, / 48)
-             [("toy", None, 1024, 256, 16, 96), ("smollm-135m", SHAPES["smollm-135m"], 32, 8, 32, 64)])
-    for name, mcfg, n, rows, P, cap in cases:
-        run_row(report, cfg, "lengths", f"ragged {name}", lambda: ragged_row(
-            model_lib.load_model(cfg.toy, dev, dtype) if mcfg is None else random_model(mcfg, dev, dtype), n, rows,
-            P, cap, cfg.gpu_reps if cuda else 1 if cfg.quick else cfg.reps, dev))
-    run_row(report, cfg, "lengths", "toy-eval", lambda: toy_eval_row(cfg, dev))
+             [("toy", 1024, 256, 16, 96), ("smollm-135m", 32, 8, 32, 64)])
+    for name, n, rows, P, cap in cases:  # the toy from its checkpoint, the others with random weights
+        yield f"ragged {name}", lambda: ragged_row(model_lib.load_model(cfg.toy, dev, dtype) if name == "toy" else
+                                                   random_model(SHAPES[name], dev, dtype), n, rows, P, cap, reps, dev)
+    yield "toy-eval", lambda: toy_eval_row(cfg, dev)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -353,7 +337,7 @@ def sdpa(q, k, v, causal: bool):
         kk, vv = (k, v) if rep == 1 else (k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1))
 
         def fn(backend=backend, kk=kk, vv=vv, gqa=rep == 1):
-            with sdpa_kernel(backend) if backend else nullcontext():
+            with sdpa_kernel(backend) if backend else contextlib.nullcontext():
                 return F.scaled_dot_product_attention(q, kk, vv, is_causal=causal, enable_gqa=gqa)
         try:
             fn()
@@ -375,11 +359,10 @@ def kernels_section(cfg: BenchConfig, dev, report: dict):
         B = max(1, 16384 // T) if cuda else 1  # ~16k tokens per call at every length
         q, k, v = randn(B, T, Hq, D), randn(B, T, Hkv, D), randn(B, T, Hkv, D)
         fn, which = sdpa(q, k, v, causal=True)
-        row = dict(kind="prefill", batch=B, seq=T, triton_ms=kernel_ms(lambda: tk.attention_prefill(q, k, v), dev,
-                                                                       reps), sdpa_ms=kernel_ms(fn, dev, reps))
+        ours, theirs = kernel_ms(lambda: tk.attention_prefill(q, k, v), dev, reps), kernel_ms(fn, dev, reps)
         flops = 4 * B * Hq * T * T * D / 2  # QKᵀ and PV, halved by causality
-        return dict(row, speedup_vs_sdpa=row["sdpa_ms"] / row["triton_ms"], tflops=flops / row["triton_ms"] / 1e9,
-                    sdpa_backend=which, **note)
+        return dict(kind="prefill", batch=B, seq=T, triton_ms=ours, sdpa_ms=theirs, speedup_vs_sdpa=theirs / ours,
+                    tflops=flops / ours / 1e9, sdpa_backend=which, **note)
 
     def decode(B, S):
         q, kc, vc = randn(B, Hq, D), randn(B, S, Hkv, D), randn(B, S, Hkv, D)
@@ -395,10 +378,10 @@ def kernels_section(cfg: BenchConfig, dev, report: dict):
                     kv_frac_of_copy=gb_s / copy, sdpa_backend=which, **note)
 
     for T in lens:
-        run_row(report, cfg, "kernels", f"prefill {Hq}:{Hkv}x{D} T{T}", functools.partial(prefill, T))
+        yield f"prefill {Hq}:{Hkv}x{D} T{T}", functools.partial(prefill, T)
     for B in batches:
         for S in lens:
-            run_row(report, cfg, "kernels", f"decode {Hq}:{Hkv}x{D} b{B} S{S}", functools.partial(decode, B, S))
+            yield f"decode {Hq}:{Hkv}x{D} b{B} S{S}", functools.partial(decode, B, S)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -462,14 +445,13 @@ def training_section(cfg: BenchConfig, dev, report: dict):
     else:
         cases = [("toy", functools.partial(model_lib.load_model, cfg.toy, dev, torch.float32),
                   model_lib.read_config(cfg.toy).vocab_size, *((2, 8, 8) if q else (16, 16, 48)), False)]
-    impls = ["sept", "transformers"]
+    impls, reps = ["sept", "transformers"], 2 if cuda else 1 if q else cfg.reps
     for name, make_net, vocab, n, P, R, ckpt in cases:
         pairs = [(a[:P], a[P:]) for a in random_prompts(n, P + R, vocab)]
         # on CUDA one at a time (two 1.5B models with their AdamW state crowd one GPU), on the CPU interleaved
         for group in [[k] for k in impls] if cuda else [impls]:
-            run_row(report, cfg, "training", f"{name} ckpt={'on' if ckpt else 'off'} {'+'.join(group)}",
-                    lambda: train_rows(group, make_net, pairs, ckpt, 2 if cuda else 1 if q else cfg.reps, dev,
-                                       report["machine"]["peak_tflops"]))
+            yield f"{name} ckpt={'on' if ckpt else 'off'} {'+'.join(group)}", lambda: train_rows(
+                group, make_net, pairs, ckpt, reps, dev, report["machine"]["peak_tflops"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -505,16 +487,16 @@ def round_section(cfg: BenchConfig, dev, report: dict):
     from data import prompts as prompt_lib
     toy = sept_loop.SePTConfig(**dict(sept_loop.PRESETS["toy"], **dict(batch_prompts=8, max_response_tokens=8)
                                       if cfg.quick else {}))
-    run_row(report, cfg, "round", "toy", lambda: round_row(
+    yield "toy", lambda: round_row(
         toy, model_lib.load_model(cfg.toy, dev, torch.float32), toy_prompts(cfg.toy, toy.batch_prompts, split="train"),
-        prompt_lib.load_tokenizer(cfg.toy).stop_ids, dev, "the toy preset's round 1 (evaluation: lengths toy-eval)"))
+        prompt_lib.load_tokenizer(cfg.toy).stop_ids, dev, "the toy preset's round 1 (evaluation: lengths toy-eval)")
     if dev.type == "cuda" and not cfg.quick:
         paper = sept_loop.SePTConfig(**dict(sept_loop.PRESETS["paper"], max_response_tokens=cfg.round_response_tokens))
-        run_row(report, cfg, "round", "qwen2.5-1.5b paper preset", lambda: round_row(
+        yield "qwen2.5-1.5b paper preset", lambda: round_row(
             paper, random_model(QWEN, dev, torch.float32),
             random_prompts(paper.batch_prompts * paper.rollouts, cfg.round_prompt_tokens, QWEN.vocab_size), (), dev,
             f"prompts of {cfg.round_prompt_tokens} random tokens, every answer {cfg.round_response_tokens} tokens "
-            f"(random weights never stop); evaluation and checkpoint every 50 / 10 rounds, not timed"))
+            f"(random weights never stop); evaluation and checkpoint every 50 / 10 rounds, not timed")
 
 
 SECTIONS = {"sampling": sampling_section, "lengths": lengths_section, "kernels": kernels_section,
@@ -530,15 +512,16 @@ def machine(cfg: BenchConfig, dev) -> dict:
     elif os.path.isfile("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    versions = {}
-    for module in ("torch", "triton", "transformers"):
-        try:
+    versions = dict.fromkeys(("torch", "triton", "transformers"))  # None where absent or broken
+    for module in versions:
+        with contextlib.suppress(Exception):
             versions[module] = importlib.import_module(module).__version__
-        except Exception:  # absent or broken: reported as None
-            versions[module] = None
+    # one large copy's bytes read + written per second: the bandwidth a memory-bound kernel can hope for
+    x = torch.ones(1 << 28 if dev.type == "cuda" else 1 << 22 if cfg.quick else 1 << 24, device=dev)  # fp32
+    y = torch.empty_like(x)
     return dict(device=dev.type, name=name, memory_gib=memory, cpus=os.cpu_count(), threads=torch.get_num_threads(),
-                **versions, python=platform.python_version(), date=datetime.now().isoformat(timespec="seconds"),
-                copy_gb_s=copy_gb_s(dev, cfg.quick), peak_tflops=peak)
+                **versions, python=platform.python_version(), date=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                copy_gb_s=2 * x.nbytes / kernel_ms(lambda: y.copy_(x), dev) / 1e6, peak_tflops=peak)
 
 
 def main(argv=None):
@@ -555,7 +538,8 @@ def main(argv=None):
     print("machine " + json.dumps(report["machine"]), flush=True)
     for s in sections:
         try:
-            SECTIONS[s](cfg, dev, report)
+            for name, fn in SECTIONS[s](cfg, dev, report):  # each section yields its rows as (name, fn)
+                run_row(report, cfg, s, name, fn)
         except Exception as e:  # a set-up failure outside any row: the section reports it, the others still run
             report[s].append(dict(name=s, error=f"{type(e).__name__}: {e}"[:400]))
             print(f"{s:<9} error={report[s][-1]['error']}")
