@@ -13,8 +13,6 @@ Sampling is one pure function with an explicit torch.Generator; temperature 0 is
     python sample.py --model ~/ckpt/Qwen2.5-Math-1.5B --template qwen-math --prompt "What is 2+3?"
 """
 import collections
-import functools
-import itertools
 import os
 import sys
 import time
@@ -58,11 +56,6 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[1] - 1)
 
 
-def last_logits(model, h: torch.Tensor) -> torch.Tensor:
-    """Head on the given rows of hidden states only (B, hidden) -> fp32 logits (B, V)."""
-    return F.linear(h, model.head_weight).float()
-
-
 def decode_function(model, cache: model_lib.KVCache, cuda_graph: bool):
     """step(tokens (B,), positions (B,)) -> fp32 logits (B, V): one decode forward through the cache.
 
@@ -73,7 +66,7 @@ def decode_function(model, cache: model_lib.KVCache, cuda_graph: bool):
     without capture, which is how the tests check it."""
     def forward(tokens, positions):
         h = model.hidden_states(tokens[:, None], cache, positions[:, None])
-        return last_logits(model, h[:, 0])
+        return F.linear(h[:, 0], model.head_weight).float()  # the head on the one new position only
     device = cache.k.device
     if not cuda_graph or device.type != "cuda":
         return forward
@@ -102,15 +95,25 @@ def decode_function(model, cache: model_lib.KVCache, cuda_graph: bool):
 
 @dataclass
 class Rows:
-    """The rows of the batch: which prompt each holds and its answer so far. The tensors change on the device
-    every step without a host sync; the lists are the host's, updated at the checks."""
+    """The rows of the KV cache: which prompt each holds and its answer so far (eagerly the batch is the first
+    len(cache.lens) of them, see rebatch). The tensors change on the device every step without a host sync; the
+    lists are the host's, updated at the checks."""
     prompt: list[int]      # index of the prompt in each row; -1 = free
     ends: list[int]        # the step at which each row's budget runs out
+    last: torch.Tensor     # (B,) the token each row feeds to the next decode step
     tokens: torch.Tensor   # (B, max_new + 1) the answer so far in [:n_new]; an ended row writes past it, unread
     n_new: torch.Tensor    # (B,) tokens in the answer so far
     budget: torch.Tensor   # (B,) the max_new_tokens of the row's prompt
     done: torch.Tensor     # (B,) bool: the answer ended (stop id or budget), or the row is free
     entropy: torch.Tensor  # (B,) sum over the answer of the next-token entropies (at temperature 1)
+
+
+def free_rows(n: int, max_new: int, device) -> Rows:
+    """n rows that hold no prompt: done, so that a decode step parks them."""
+    def zeros(*shape, dtype=torch.long):
+        return torch.zeros(n, *shape, dtype=dtype, device=device)
+    return Rows(prompt=[-1] * n, ends=[0] * n, last=zeros(), tokens=zeros(max_new + 1), n_new=zeros(), budget=zeros(),
+                done=torch.ones(n, dtype=torch.bool, device=device), entropy=torch.zeros(n, device=device))
 
 
 def prefill(model, cache: model_lib.KVCache, prompts: list[list[int]], rows: torch.Tensor) -> torch.Tensor:
@@ -128,7 +131,8 @@ def prefill(model, cache: model_lib.KVCache, prompts: list[list[int]], rows: tor
     cache.lens[src] = lens  # the prompt lengths: the Triton prefill skips the padding after them
     tokens = torch.tensor([list(p) + [0] * (T - len(p)) for p in first], device=rows.device)
     h = model.hidden_states(tokens, cache, torch.arange(T, device=rows.device).expand(len(first), T), rows=src)
-    logits = last_logits(model, h[torch.arange(len(first), device=rows.device), lens.long() - 1])
+    last = h[torch.arange(len(first), device=rows.device), lens.long() - 1]  # (n_distinct, hidden)
+    logits = F.linear(last, model.head_weight).float()  # the head on each prompt's last token only
     if len(first) < len(prompts):
         cache.k[:, rows, :, :T] = cache.k[:, src[which], :, :T]
         cache.v[:, rows, :, :T] = cache.v[:, src[which], :, :T]
@@ -161,56 +165,49 @@ def record(rows: Rows, tokens: torch.Tensor, logits: torch.Tensor, eos: torch.Te
 
 
 def hand_back(rows: Rows, answers: list, entropies: list, progress=None) -> list[int]:
-    """The host check: copies the ended answers out of their rows (one sync) and returns the free rows."""
-    done = rows.done.tolist()
-    ended = [r for r, d in enumerate(done) if d and rows.prompt[r] >= 0]
+    """Copies the ended answers out of their rows (one host sync), frees those rows and returns the running ones."""
+    ended = [r for r, d in enumerate(rows.done.tolist()) if d and rows.prompt[r] >= 0]
     if ended:
         idx = torch.tensor(ended, device=rows.done.device)
-        for r, toks, n, h in zip(ended, *(x[idx].tolist() for x in (rows.tokens, rows.n_new, rows.entropy))):
+        tokens, n_new, entropy = rows.tokens[idx].tolist(), rows.n_new[idx].tolist(), rows.entropy[idx].tolist()
+        for r, toks, n, h in zip(ended, tokens, n_new, entropy):
             answers[rows.prompt[r]], entropies[rows.prompt[r]] = toks[:n], h / max(1, n)
             rows.prompt[r] = -1
         if progress:
             progress(len(ended))
-    return [r for r, d in enumerate(done) if d]
+    return [r for r, i in enumerate(rows.prompt) if i >= 0]
 
 
-def refill(model, cache, rows: Rows, free: list[int], new: list[int], prompts, budgets, step: int):
-    """Prompts `new` into the free rows, prefilled in one call: returns the rows (n,) and the fp32 logits (n, V)
-    of their first token."""
+def refill(model, cache, rows: Rows, new: list[int], prompts, budgets, step: int):
+    """Prompts `new` take the first free rows, prefilled in one call: returns those rows (n,) and the fp32 logits
+    (n, V) of each one's first token."""
+    free = [r for r, i in enumerate(rows.prompt) if i < 0][:len(new)]
+    for r, i in zip(free, new):
+        rows.prompt[r], rows.ends[r] = i, step + budgets[i] - 1  # the first token comes at the check itself
     idx = torch.tensor(free, device=rows.done.device)
     rows.budget[idx] = torch.tensor([budgets[i] for i in new], device=idx.device)
     rows.n_new[idx], rows.done[idx], rows.entropy[idx] = 0, False, 0.0
-    for r, i in zip(free, new):
-        rows.prompt[r], rows.ends[r] = i, step + budgets[i] - 1  # the first token comes at the check itself
     return idx, prefill(model, cache, [prompts[i] for i in new], idx)
 
 
-def free_rows(n: int, max_new: int, device) -> Rows:
-    zeros = functools.partial(torch.zeros, n, device=device)
-    return Rows([-1] * n, [0] * n, zeros(max_new + 1, dtype=torch.long), zeros(dtype=torch.long),
-                zeros(dtype=torch.long), zeros(dtype=torch.bool).logical_not_(), zeros())
-
-
-def rebatch(full: model_lib.KVCache, cache, rows: Rows, tokens, keep: list[int], grow: int):
+def rebatch(full: model_lib.KVCache, cache, rows: Rows, keep: list[int], grow: int) -> model_lib.KVCache:
     """Eager path: the batch becomes its running rows `keep` and then `grow` free rows, the first len(keep) + grow
     rows of the storage, so that a step costs only them. The running rows past len(keep) move into the holes
     that ended rows leave before it (their k/v [:filled] copied): one copy per ended row, not per running row."""
-    n, kept = len(keep), set(keep)
+    n, kept, filled = len(keep), set(keep), int(cache.lens.max())
     holes, movers = [r for r in range(n) if r not in kept], [r for r in keep if r >= n]
     if holes:
-        src, dst = torch.tensor(movers, device=tokens.device), torch.tensor(holes, device=tokens.device)
+        src, dst = torch.tensor(movers, device=rows.done.device), torch.tensor(holes, device=rows.done.device)
         for kv in (full.k, full.v):
-            kv[:, dst, :, :cache.filled] = kv[:, src, :, :cache.filled]
-    order = list(range(n))  # new row j holds old row order[j]
-    for h, m in zip(holes, movers):
-        order[h] = m
-    i, zeros = torch.tensor(order, dtype=torch.long, device=tokens.device), tokens.new_zeros(grow)
-    new = free_rows(grow, rows.tokens.shape[1] - 1, tokens.device)
-    rows = Rows(*([old[r] for r in order] + free if isinstance(old, list) else torch.cat([old[i], free])
-                  for old, free in zip(vars(rows).values(), vars(new).values())))  # each field: kept, then free
-    cache = model_lib.KVCache(full.k[:, :n + grow], full.v[:, :n + grow], torch.cat([cache.lens[i], zeros.int()]),
-                              cache.filled)
-    return cache, rows, torch.cat([tokens[i], zeros])
+            kv[:, dst, :, :filled] = kv[:, src, :, :filled]
+        for x in (cache.lens, rows.last, rows.tokens, rows.n_new, rows.budget, rows.done, rows.entropy):
+            x[dst] = x[src]
+        for h, m in zip(holes, movers):  # the host's lists likewise
+            rows.prompt[h], rows.ends[h] = rows.prompt[m], rows.ends[m]
+            rows.prompt[m] = -1
+        rows.done[src] = True  # the rows left behind are free
+    lens = torch.cat([cache.lens[:n], cache.lens.new_zeros(grow)])  # the free rows' lens: set by their prefill
+    return model_lib.KVCache(full.k[:, :n + grow], full.v[:, :n + grow], lens, filled)
 
 
 def refill_as_rows_free(model, cache: model_lib.KVCache, cuda_graph: bool) -> bool:
@@ -262,49 +259,46 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int | list[int]
     waiting = collections.deque(sorted((i for i, n in enumerate(budgets) if n > 0), key=lambda i: len(prompts[i])))
     if not waiting:
         return answers
-    cfg, device = model.config, model.head_weight.device
+    device = model.head_weight.device
     if cuda_graph is None:
         cuda_graph = (device.type == "cuda" and model_lib.attention_backend(device) == "triton"
                       and os.environ.get("SEPT_CUDA_GRAPH", "1") != "0")
     B = min(len(waiting), max_batch or len(waiting))
-    full = model_lib.new_kv_cache(cfg, B, max(len(prompts[i]) + budgets[i] for i in waiting),
+    full = model_lib.new_kv_cache(model.config, B, max(len(prompts[i]) + budgets[i] for i in waiting),
                                   model.head_weight.dtype, device)  # once per call, for the longest sequence
     full.filled = full.k.shape[3] if cuda_graph else 0
-    as_freed = refill_as_rows_free(model, full, cuda_graph)
-    group = max(1, B // 16) if as_freed else B  # free rows a refill waits for (fewer when fewer wait)
-    cache, rows, tokens = full, free_rows(B, max(budgets), device), torch.zeros(B, dtype=torch.long, device=device)
+    group = max(1, B // 16) if refill_as_rows_free(model, full, cuda_graph) else B  # free rows a refill waits for
     generator = torch.Generator(device=device)  # unseeded: a seed drawn from the global RNG, never reseeding it
     generator.manual_seed(seed if seed is not None else torch.randint(1 << 62, ()).item())
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
-    every = SYNC_EVERY.get(device.type, 1)
-    decode, check = None, 0
-    for step in itertools.count():
-        if step == check:  # 1. the host check: hand back the ended answers, give waiting prompts their rows
-            free = hand_back(rows, answers, entropies, progress)
-            keep = [r for r, i in enumerate(rows.prompt) if i >= 0]
-            room = len(free) if cuda_graph else B - len(keep)  # eager: ended rows leave, new ones join at the back
-            n = min(room, len(waiting)) if room >= min(group, len(waiting)) else 0
-            if not cuda_graph and (len(keep) < len(rows.prompt) or n):
-                cache.filled = int(cache.lens.max())
-                cache, rows, tokens = rebatch(full, cache, rows, tokens, keep, n)
-                free, decode = list(range(len(keep), len(keep) + n)), None
-            if n:
-                idx, logits = refill(model, cache, rows, free[:n], [waiting.popleft() for _ in range(n)], prompts,
-                                     budgets, step)
-                tokens[idx] = sample_next(logits, temperature, top_p, generator)  # each one's first token
-                record(rows, tokens[idx], logits, eos, stats is not None, idx)
-            elif not keep:
-                break
-            if not cuda_graph:  # eager attention reads up to the longest row
-                cache.filled = int(cache.lens.max())
-            decode = decode or decode_function(model, cache, cuda_graph)
-            last = max(e for e, i in zip(rows.ends, rows.prompt) if i >= 0)
-            check = step + max(1, min(every, last - step))  # sooner when every running row's budget runs out
-        # 2. feed each row's last token through the cache; 3. sample the next one
-        logits = decode_step(decode, cache, tokens, rows.done)
-        tokens = sample_next(logits, temperature, top_p, generator)
-        record(rows, tokens, logits, eos, stats is not None)
-    return answers
+    cache, rows, decode, step = full, free_rows(B, max(budgets), device), None, 0
+    while True:
+        # 1. the host check: hand back the ended answers, give free rows to the next waiting prompts
+        running = hand_back(rows, answers, entropies, progress)
+        if not running and not waiting:
+            return answers
+        free = B - len(running)  # a refill waits for `group` free rows, or for all the waiting prompts to fit
+        n = min(free, len(waiting)) if free >= min(group, len(waiting)) else 0
+        # the CUDA graph keeps every row, an ended one parked until a refill; eagerly ended rows leave the batch
+        if not cuda_graph and (len(running) < len(cache.lens) or n):
+            cache = rebatch(full, cache, rows, running, n)
+        if n:  # the new prompts' prefill gives each its first token
+            idx, logits = refill(model, cache, rows, [waiting.popleft() for _ in range(n)], prompts, budgets, step)
+            rows.last[idx] = sample_next(logits, temperature, top_p, generator)
+            record(rows, rows.last[idx], logits, eos, stats is not None, idx)
+        if not cuda_graph:  # eager attention reads up to the longest row
+            cache.filled = int(cache.lens.max())
+        if decode is None or not cuda_graph:  # the CUDA graph is captured once; eagerly the batch changes shape
+            decode = decode_function(model, cache, cuda_graph)
+        # 2. decode steps until the next check, sooner when every running row's budget runs out
+        last = max(e for e, i in zip(rows.ends, rows.prompt) if i >= 0)
+        steps = max(1, min(SYNC_EVERY.get(device.type, 1), last - step))
+        batch = slice(0, len(cache.lens))  # every row on the CUDA graph; eagerly the running ones
+        for _ in range(steps):  # feed each row its last token through the cache, sample the next one
+            logits = decode_step(decode, cache, rows.last[batch], rows.done[batch])
+            rows.last[batch] = sample_next(logits, temperature, top_p, generator)
+            record(rows, rows.last[batch], logits, eos, stats is not None)
+        step += steps
 
 
 # ----------------------------------------------------------------------------------------------------------
