@@ -112,8 +112,11 @@ def test_prefill_kernel_on_views_of_a_fused_qkv():
 def test_decode_kernel_matches_reference(B, S, Hq, Hkv, D, lens, splits):
     q, kc, vc = _randn(B, Hq, D), _randn(B, S, Hkv, D, seed=1), _randn(B, S, Hkv, D, seed=2)
     lens = torch.tensor(lens)
-    out = tk.attention_decode(q, kc, vc, lens, num_splits=splits)
-    _close(out, tk.attention_decode_reference(q, kc, vc, lens), torch.float32)
+    ref = tk.attention_decode_reference(q, kc, vc, lens)
+    _close(tk.attention_decode(q, kc, vc, lens, num_splits=splits), ref, torch.float32)
+    # the strides model.py passes: its cache is stored head-major, (B, Hkv, S, D), and handed over transposed
+    kh, vh = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (kc, vc))
+    _close(tk.attention_decode(q, kh, vh, lens, num_splits=splits), ref, torch.float32)
 
 
 @pytest.mark.parametrize("dtype,splits", [(torch.float16, 3), (torch.bfloat16, 1), (torch.bfloat16, 3)])
@@ -239,6 +242,8 @@ def test_gpu_decode_matches_reference():
     ref = tk.attention_decode_reference(q, cache_k[1], cache_v[1], lens)
     for splits in (None, 1, 7, 64):
         _close(tk.attention_decode(q, cache_k[1], cache_v[1], lens, num_splits=splits), ref, dtype)
+    kh, vh = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (cache_k[1], cache_v[1]))  # model.py's layout
+    _close(tk.attention_decode(q, kh, vh, lens), ref, dtype)
     for D, dtype in ((64, torch.float16), (128, torch.float32), (256, torch.bfloat16)):
         kc, vc = (_randn(B, 700, Hkv, D, dtype=dtype, device="cuda", seed=s) for s in (1, 2))
         q = _randn(B, Hq, D, dtype=dtype, device="cuda")
