@@ -10,8 +10,11 @@ import os
 import re
 import shutil
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 import model as model_lib
-import train
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "samples", "plot.png", "sweep.png", "offline.jsonl", "checkpoints")
@@ -92,6 +95,43 @@ def start_run(out: str, config: dict, keep_until: int) -> None:
     write_json(os.path.join(out, "config.json"), config)
 
 
+def save_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
+    """The optimizer state as one safetensors file: tensor `{i}.{key}` (exp_avg, exp_avg_sq, step) for the i-th
+    parameter in optimizer order, a JSON header (shapes, hyperparameters) in its metadata; written to
+    path.tmp and renamed. Not torch.save: loading a pickle can run arbitrary code."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, p in enumerate(params)
+               for k, v in optimizer.state.get(p, {}).items()}
+    header = dict(format="sept-optimizer", kind=type(optimizer).__name__, shapes=[list(p.shape) for p in params],
+                  param_groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
+    model_lib.write_file(path, lambda tmp: save_file(tensors, tmp, metadata={"sept": json.dumps(header, default=str)}))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
+    """Restore what save_optimizer wrote into an optimizer over the same parameters. Hyperparameters stay those
+    the optimizer was built with (the lr is rewritten every step anyway)."""
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            header = json.loads((f.metadata() or {})["sept"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # missing file, not safetensors, no sept header
+        raise ValueError(f"{path}: cannot read an optimizer state written by save_optimizer ({e!r})") from None
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if header["shapes"] != [list(p.shape) for p in params]:
+        raise ValueError(f"{path}: saved for {len(header['shapes'])} parameters of other shapes than this "
+                         f"optimizer's {len(params)}")
+    state = {}
+    for name, t in tensors.items():
+        i, key = name.split(".", 1)
+        state.setdefault(int(i), {})[key] = t
+    groups, i = [], 0
+    for g in optimizer.param_groups:
+        n = len(g["params"])
+        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + n))})
+        i += n
+    optimizer.load_state_dict({"state": state, "param_groups": groups})  # moves tensors to the params' devices
+
+
 def save_checkpoint(out: str, name: str, master, optimizer, r: int, copy_from: str) -> None:
     """checkpoints/NAME: the HF checkpoint (tokenizer files copied from `copy_from`), the AdamW state and the
     round, staged whole in NAME.tmp, then swapped into place (model.save_model)."""
@@ -100,7 +140,7 @@ def save_checkpoint(out: str, name: str, master, optimizer, r: int, copy_from: s
         model_lib.replace_folder(final + ".tmp", final)                     # the newest; keep it, not restage over it
 
     def also(folder):  # the AdamW state, then the round: written last, it marks the checkpoint complete
-        train.save_optimizer(optimizer, os.path.join(folder, "optimizer.safetensors"))
+        save_optimizer(optimizer, os.path.join(folder, "optimizer.safetensors"))
         write_json(os.path.join(folder, "sept_state.json"), {"round": r})
     model_lib.save_model(master, final, copy_from=copy_from, also=also)
 

@@ -368,7 +368,7 @@ def main(argv=None):
     sampler = train.make_sampler(master, sample_dtype)
     optimizer = train.make_optimizer(master, round_config(cfg, cfg.tau_s_start))
     if ckpt:
-        train.load_optimizer(optimizer, os.path.join(ckpt, "optimizer.safetensors"))
+        runs.load_optimizer(optimizer, os.path.join(ckpt, "optimizer.safetensors"))
         print(f"resuming {cfg.out} after round {start} ({ckpt})")
     print("config " + json.dumps(asdict(cfg)))
     runs.start_run(cfg.out, asdict(cfg), start if ckpt else -1)

@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 import cli
@@ -332,43 +330,6 @@ def refresh_sampler(master: Transformer, sampler: Transformer) -> None:
         raise ValueError(f"sampler and master differ in parameters: {sorted(src.keys() ^ dst.keys())[:4]}")
     for name, p in dst.items():
         p.copy_(src[name])
-
-
-def save_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
-    """The optimizer state as one safetensors file: tensor `{i}.{key}` (exp_avg, exp_avg_sq, step) for the i-th
-    parameter in optimizer order, a JSON header (shapes, hyperparameters) in its metadata; written to
-    path.tmp and renamed. Not torch.save: loading a pickle can run arbitrary code."""
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, p in enumerate(params)
-               for k, v in optimizer.state.get(p, {}).items()}
-    header = dict(format="sept-optimizer", kind=type(optimizer).__name__, shapes=[list(p.shape) for p in params],
-                  param_groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
-    write_file(path, lambda tmp: save_file(tensors, tmp, metadata={"sept": json.dumps(header, default=str)}))
-
-
-def load_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
-    """Restore what save_optimizer wrote into an optimizer over the same parameters. Hyperparameters stay those
-    the optimizer was built with (the lr is rewritten every step anyway)."""
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            header = json.loads((f.metadata() or {})["sept"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # missing file, not safetensors, no sept header
-        raise ValueError(f"{path}: cannot read an optimizer state written by save_optimizer ({e!r})") from None
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    if header["shapes"] != [list(p.shape) for p in params]:
-        raise ValueError(f"{path}: saved for {len(header['shapes'])} parameters of other shapes than this "
-                         f"optimizer's {len(params)}")
-    state = {}
-    for name, t in tensors.items():
-        i, key = name.split(".", 1)
-        state.setdefault(int(i), {})[key] = t
-    groups, i = [], 0
-    for g in optimizer.param_groups:
-        n = len(g["params"])
-        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + n))})
-        i += n
-    optimizer.load_state_dict({"state": state, "param_groups": groups})  # moves tensors to the params' devices
 
 
 # ----------------------------------------------------------------------------------------------------------

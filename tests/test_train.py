@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import write_checkpoint
 
+import runs
 import train
 from model import load_model
 from train import IGNORE, TrainConfig
@@ -276,13 +277,13 @@ def test_checkpoint_and_optimizer_resume_bit_for_bit(ckpt, tmp_path):
     for step in range(2):
         train.train_step(b, opt_b, batches[step], step, cfg)
     train.save_model(b, str(tmp_path / "ckpt"))
-    train.save_optimizer(opt_b, str(tmp_path / "opt.safetensors"))
+    runs.save_optimizer(opt_b, str(tmp_path / "opt.safetensors"))
     c = load_model(str(tmp_path / "ckpt"))
     x = torch.tensor([batches[0][0][0] + batches[0][0][1]])
     with torch.no_grad():
         assert torch.equal(c(x), b(x))
     opt_c = train.make_optimizer(c, cfg)
-    train.load_optimizer(opt_c, str(tmp_path / "opt.safetensors"))
+    runs.load_optimizer(opt_c, str(tmp_path / "opt.safetensors"))
     for p_b, p_c in zip(b.parameters(), c.parameters()):
         for k in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(opt_b.state[p_b][k], opt_c.state[p_c][k])
@@ -292,7 +293,7 @@ def test_checkpoint_and_optimizer_resume_bit_for_bit(ckpt, tmp_path):
         assert torch.equal(p_a, p_c), name
     with pytest.raises(ValueError, match="opt.safetensors"):
         other = train.make_optimizer(load_model(ckpt("llama")), cfg)  # other shapes
-        train.load_optimizer(other, str(tmp_path / "opt.safetensors"))
+        runs.load_optimizer(other, str(tmp_path / "opt.safetensors"))
 
 
 def test_non_finite_loss_or_gradient_skips_the_update(ckpt):
