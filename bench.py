@@ -43,7 +43,7 @@ class BenchConfig:
     quick: bool = False                 # tiny sizes everywhere (the smoke test)
     out: str = "bench.json"             # the JSON report
     device: str = "auto"                # auto = cuda when available, else cpu
-    threads: int = 2                    # torch CPU threads, pinned so that CPU figures compare across runs
+    threads: int = 0                    # torch CPU threads; 0 = torch's default, as sept_loop runs (see main)
     reps: int = 3                       # interleaved repetitions per candidate on the CPU (medians reported)
     gpu_reps: int = 1                   # the same on CUDA, where runs are long and steady
     toy: str = os.path.join(HERE, "data", "toy")  # the toy checkpoint
@@ -293,14 +293,15 @@ def toy_eval_row(cfg: BenchConfig, dev) -> dict:
                                             batch=B, seed=0)
         tokens["now"] = sum(map(len, answers))
 
-    def before():
-        tokens["before"] = sum(len(a) for c in range(0, len(ids), B) for a in old.generate(
-            old_net, ids[c:c + B], max_new_tokens=new_tokens, temperature=tau, eos_ids=stop, seed=c, stats={}))
-
     runs = {"now": now}
     if cfg.toy_eval_against:
         old, old_model = earlier_sample(cfg.toy_eval_against)
-        old_net, runs["before"] = old_model.load_model(cfg.toy, device=dev, dtype=net.head_weight.dtype), before
+        old_net = old_model.load_model(cfg.toy, device=dev, dtype=net.head_weight.dtype)
+
+        def before():
+            tokens["before"] = sum(len(a) for c in range(0, len(ids), B) for a in old.generate(
+                old_net, ids[c:c + B], max_new_tokens=new_tokens, temperature=tau, eos_ids=stop, seed=c, stats={}))
+        runs["before"] = before
     t = interleaved(runs, 1 if cfg.quick else cfg.reps, dev)
     row = dict(answers=len(ids), tokens=tokens["now"], seconds=t["now"], tok_s=tokens["now"] / t["now"])
     if "before" in t:
@@ -531,7 +532,8 @@ def main(argv=None):
         raise SystemExit(f"bench.py: error: --only {cfg.only}: choose from {', '.join(SECTIONS)}")
     if cfg.toy_eval_against and not os.path.isfile(os.path.join(cfg.toy_eval_against, "sample.py")):
         raise SystemExit(f"bench.py: error: --toy-eval-against {cfg.toy_eval_against}: no sample.py there")
-    torch.set_num_threads(cfg.threads)
+    if cfg.threads:  # only when asked: on this 2-core CPU, setting even the default count (2) slowed transformers'
+        torch.set_num_threads(cfg.threads)  # CPU SDPA up to 2x, which would flatter our ratios against it
     dev = cli.pick_device(cfg.device)
     print("config " + json.dumps(asdict(cfg)))
     report = dict(machine=machine(cfg, dev), config=asdict(cfg), **{s: [] for s in sections})

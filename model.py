@@ -191,7 +191,7 @@ def attention(q, k, v, meta: AttentionMeta, layer: int):
         K, V = cache.k[layer, :, :, :cache.filled], cache.v[layer, :, :, :cache.filled]  # (B, Hkv, S, D)
         if meta.backend == "triton":
             return triton_kernels.attention_decode(q[:, 0], K.transpose(1, 2), V.transpose(1, 2), meta.lens)[:, None]
-        if q.device.type == "cpu":  # small matmuls per (row, kv head): CPU SDPA ran up to 2x slower (torch 2.14)
+        if q.device.type == "cpu":  # small matmuls per (row, kv head): torch 2.14's CPU SDPA was up to 2x slower
             (B, _, Hq, D), (Hkv, S) = q.shape, K.shape[1:3]  # each kv head's G query heads act as its G queries
             scores = torch.bmm(q.view(B * Hkv, Hq // Hkv, D), K.reshape(B * Hkv, S, D).transpose(1, 2)) * D ** -0.5
             probs = scores.view(B, Hkv, -1, S).float().masked_fill(~meta.mask, float("-inf")).softmax(-1)

@@ -269,7 +269,7 @@ def response_token_losses(model: Transformer, pairs: list[Pair], cfg: TrainConfi
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Optimizer, one update, the sampling copy, and optimizer state on disk.
+# Optimizer, one update, and the sampling copy (the optimizer state on disk: runs.py).
 
 def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
     params = list(model.parameters())
