@@ -10,7 +10,6 @@ import functools
 import json
 import math
 import os
-import re
 import shutil
 from dataclasses import dataclass, field, fields
 
@@ -53,6 +52,8 @@ class ModelConfig:
     hf_config: dict = field(default_factory=dict, repr=False)  # the config.json we read, written back on save
 
 
+# The sizes, which have no default: a config.json without one of them is an error.
+REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 # HF key -> our field, for keys whose meaning is the same in transformers 4.x and 5.x.
 HF_KEYS = {k: k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                           "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
@@ -64,7 +65,7 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
         raise CheckpointError(f"{where}: {msg}")
     if hf.get("model_type") not in SUPPORTED_MODEL_TYPES:
         fail(f"unsupported model_type {hf.get('model_type')!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    if missing := [k for k in list(HF_KEYS)[:5] if k not in hf]:  # the sizes, which have no default
+    if missing := [k for k in REQUIRED_KEYS if k not in hf]:
         fail(f"missing {', '.join(missing)}")
     cfg = {"num_key_value_heads": hf["num_attention_heads"], "head_dim": hf["hidden_size"] // hf["num_attention_heads"],
            "tie_word_embeddings": False,  # transformers' default for both families
@@ -366,78 +367,41 @@ def load_model(path: str, device="cpu", dtype=None) -> Transformer:
 # Copied beside the weights of a checkpoint we write, so that it is a whole HF folder.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
                    "chat_template.jinja")
-# All that a checkpoint folder of ours holds (and write_file's .tmp files): sept deletes or replaces nothing else.
-OUR_FILES = re.compile("|".join([r"model(-\d{5}-of-\d{5})?\.safetensors", *map(re.escape, TOKENIZER_FILES + (
-    "config.json", "model.safetensors.index.json", "optimizer.safetensors", "sept_state.json", "train_config.json"))]))
 
 
-def refuse_unless_ours(path: str) -> None:
-    """Replacing `path` uses path.tmp and path.old too: each must be absent or hold nothing but a checkpoint's files
-    (a partial one too: a crash may have stopped its writing or removal). Anything else may be the user's."""
-    for p in filter(os.path.lexists, (path.rstrip("/") + suffix for suffix in ("", ".tmp", ".old"))):
-        names = os.listdir(p) if os.path.isdir(p) and not os.path.islink(p) else ["(not a folder)"]
-        if foreign := [n for n in sorted(names) if not OUR_FILES.fullmatch(n.removesuffix(".tmp"))]:
-            raise FileExistsError(f"{p} is not a checkpoint folder ({', '.join(foreign[:3])}): sept will not delete it")
-
-
-def save_model(model: Transformer, path: str, max_shard_bytes: int = 4 << 30, copy_from: str | None = None, also=None):
-    """The checkpoint folder `path`: config.json, model.safetensors (or shards of max_shard_bytes + index), the
-    tokenizer files of copy_from, then what also(folder) writes; staged whole in path.tmp, then swapped in."""
-    folder = path.rstrip("/") + ".tmp"
-    refuse_unless_ours(path)  # before any work, not after it
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    try:
-        tensors = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters()}
-        hf = dict(model.config.hf_config or hf_config_from(model.config))
-        hf["tie_word_embeddings"] = model.config.tie_word_embeddings
-        for key in [k for k in ("torch_dtype", "dtype") if k in hf] or ["torch_dtype"]:
-            hf[key] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-        write_file(os.path.join(folder, "config.json"), json.dumps(hf, indent=2))
-        shards, size = [{}], 0
-        for name, t in tensors.items():
-            if shards[-1] and size + t.nbytes > max_shard_bytes:
-                shards, size = shards + [{}], 0
-            shards[-1][name], size = t, size + t.nbytes
-        names = ["model.safetensors"] if len(shards) == 1 else [
-            f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-        for name, shard in zip(names, shards):
-            save_file(shard, os.path.join(folder, name), metadata={"format": "pt"})
-        if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
-                     "weight_map": {t: n for n, shard in zip(names, shards) for t in shard}}
-            write_file(os.path.join(folder, "model.safetensors.index.json"), json.dumps(index, indent=2))
-        for name in [n for n in TOKENIZER_FILES if copy_from and os.path.isfile(os.path.join(copy_from, n))]:
+def save_model(model: Transformer, folder: str, max_shard_bytes: int = 4 << 30, copy_from: str | None = None):
+    """Writes the HF checkpoint into `folder` (created; it must hold no checkpoint yet): config.json,
+    model.safetensors (or shards of max_shard_bytes and their index), and the tokenizer files of copy_from.
+    Replacing a checkpoint whole, and never a user's folder, is runs.write_folder's job."""
+    os.makedirs(folder, exist_ok=True)
+    if os.listdir(folder):
+        raise FileExistsError(f"{folder}: not empty; runs.write_folder replaces a checkpoint folder whole")
+    tensors = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters()}
+    hf = dict(model.config.hf_config or hf_config_from(model.config))
+    hf["tie_word_embeddings"] = model.config.tie_word_embeddings
+    for key in [k for k in ("torch_dtype", "dtype") if k in hf] or ["torch_dtype"]:
+        hf[key] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2)
+    shards, size = [{}], 0
+    for name, t in tensors.items():
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.nbytes
+    names = ["model.safetensors"] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        save_file(shard, os.path.join(folder, name), metadata={"format": "pt"})
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+                 "weight_map": {t: n for n, shard in zip(names, shards) for t in shard}}
+        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+            json.dump(index, f, indent=2)
+    for name in TOKENIZER_FILES:
+        if copy_from and os.path.isfile(os.path.join(copy_from, name)):
             shutil.copy(os.path.join(copy_from, name), os.path.join(folder, name))
-        if also:
-            also(folder)
-    except Exception as e:  # a full disk, mostly: the partial copy goes (its space with it), `path` is unchanged
-        shutil.rmtree(folder, ignore_errors=True)
-        raise OSError(f"{path}: the checkpoint could not be written ({e}); the folder is unchanged") from None
-    replace_folder(folder, path)
-
-
-def replace_folder(staging: str, final: str) -> None:
-    """Put the complete folder `staging` at `final`: final -> final.old, staging -> final, remove final.old. A crash
-    between the renames leaves final.old whole (runs.find_checkpoint looks there); neither is ever a user's folder."""
-    old = final.rstrip("/") + ".old"
-    refuse_unless_ours(final)
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(final):
-        os.rename(final, old)
-    os.rename(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def write_file(path: str, data) -> None:
-    """`data` (text, or a function that writes the file at the path it is given) goes to path.tmp, which is then
-    renamed onto `path`: a kill mid-write leaves the old file or the new one, never half of one."""
-    if callable(data):
-        data(path + ".tmp")
-    else:
-        with open(path + ".tmp", "w") as f:
-            f.write(data)
-    os.replace(path + ".tmp", path)
 
 
 def hf_config_from(cfg: ModelConfig) -> dict:

@@ -18,10 +18,72 @@ import model as model_lib
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "samples", "plot.png", "sweep.png", "offline.jsonl", "checkpoints")
+# All that a checkpoint folder of ours holds (and write_file's .tmp files): sept deletes or replaces nothing else.
+OUR_FILES = re.compile("|".join([r"model(-\d{5}-of-\d{5})?\.safetensors", *map(re.escape, (
+    *model_lib.TOKENIZER_FILES, "config.json", "model.safetensors.index.json", "optimizer.safetensors",
+    "sept_state.json", "train_config.json"))]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing without destroying: whole files and whole folders, never a user's.
+
+def write_file(path: str, data) -> None:
+    """`data` (text, or a function that writes the file at the path it is given) goes to path.tmp, which is then
+    renamed onto `path`: a kill mid-write leaves the old file or the new one, never half of one."""
+    if callable(data):
+        data(path + ".tmp")
+    else:
+        with open(path + ".tmp", "w") as f:
+            f.write(data)
+    os.replace(path + ".tmp", path)
 
 
 def write_json(path: str, obj) -> None:
-    model_lib.write_file(path, json.dumps(obj, indent=2))
+    write_file(path, json.dumps(obj, indent=2))
+
+
+def refuse_unless_ours(path: str) -> None:
+    """Replacing `path` uses path.tmp and path.old too: each must be absent or hold nothing but a checkpoint's files
+    (a partial one too: a crash may have stopped its writing or removal). Anything else may be the user's."""
+    for p in filter(os.path.lexists, (path.rstrip("/") + suffix for suffix in ("", ".tmp", ".old"))):
+        names = os.listdir(p) if os.path.isdir(p) and not os.path.islink(p) else ["(not a folder)"]
+        if foreign := [n for n in sorted(names) if not OUR_FILES.fullmatch(n.removesuffix(".tmp"))]:
+            raise FileExistsError(f"{p} is not a checkpoint folder ({', '.join(foreign[:3])}): sept will not delete it")
+
+
+def write_folder(path: str, fill) -> None:
+    """The checkpoint folder `path`, written by fill(folder): staged whole in path.tmp, then swapped in. A failure
+    (a full disk, mostly) removes the partial copy and leaves `path` as it was."""
+    staging = path.rstrip("/") + ".tmp"
+    refuse_unless_ours(path)  # before any work, not after it
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        fill(staging)
+    except Exception as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OSError(f"{path}: the checkpoint could not be written ({e}); the folder is unchanged") from None
+    replace_folder(staging, path)
+
+
+def replace_folder(staging: str, final: str) -> None:
+    """Put the complete folder `staging` at `final`: final -> final.old, staging -> final, remove final.old. A crash
+    between the renames leaves final.old whole (find_checkpoint looks there); neither is ever a user's folder."""
+    old = final.rstrip("/") + ".old"
+    refuse_unless_ours(final)
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(final):
+        os.rename(final, old)
+    os.rename(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model(model, path: str, copy_from: str | None = None, **kw) -> None:
+    """model.save_model into `path`, replacing the checkpoint there whole (write_folder)."""
+    write_folder(path, lambda folder: model_lib.save_model(model, folder, copy_from=copy_from, **kw))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run folder: metrics, samples, config.
 
 
 def append_metrics(out: str, line: dict) -> None:
@@ -50,15 +112,15 @@ def keep_metrics_until(out: str, last_round: int) -> None:
     path = os.path.join(out, "metrics.jsonl")
     lines = [m for m in read_metrics(out) if m["round"] <= last_round] if (
         last_round >= 0 and os.path.isfile(path)) else []
-    model_lib.write_file(path, "".join(json.dumps(m) + "\n" for m in lines))
+    write_file(path, "".join(json.dumps(m) + "\n" for m in lines))
 
 
 def write_samples(out: str, r: int, rows: list[dict]) -> None:
-    model_lib.write_file(os.path.join(out, "samples", f"round_{r:04d}.jsonl"),
+    write_file(os.path.join(out, "samples", f"round_{r:04d}.jsonl"),
                          "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def read_config(out: str, fields: set[str]) -> dict:
+def read_run_config(out: str, fields: set[str]) -> dict:
     """A run's config.json, for --resume: settings it does not know are an error, not silently dropped."""
     saved = os.path.join(out, "config.json")
     if not os.path.isfile(saved):
@@ -104,7 +166,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
                for k, v in optimizer.state.get(p, {}).items()}
     header = dict(format="sept-optimizer", kind=type(optimizer).__name__, shapes=[list(p.shape) for p in params],
                   param_groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
-    model_lib.write_file(path, lambda tmp: save_file(tensors, tmp, metadata={"sept": json.dumps(header, default=str)}))
+    write_file(path, lambda tmp: save_file(tensors, tmp, metadata={"sept": json.dumps(header, default=str)}))
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
@@ -134,15 +196,16 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: str) -> None:
 
 def save_checkpoint(out: str, name: str, master, optimizer, r: int, copy_from: str) -> None:
     """checkpoints/NAME: the HF checkpoint (tokenizer files copied from `copy_from`), the AdamW state and the
-    round, staged whole in NAME.tmp, then swapped into place (model.save_model)."""
+    round, staged whole in NAME.tmp, then swapped into place (write_folder)."""
     final = os.path.join(out, "checkpoints", name)
     if os.path.isfile(os.path.join(final + ".tmp", "sept_state.json")):  # complete, a crash kept it from its rename:
-        model_lib.replace_folder(final + ".tmp", final)                     # the newest; keep it, not restage over it
+        replace_folder(final + ".tmp", final)                     # the newest; keep it, not restage over it
 
-    def also(folder):  # the AdamW state, then the round: written last, it marks the checkpoint complete
+    def fill(folder):  # the weights, the AdamW state, then the round: written last, it marks the checkpoint complete
+        model_lib.save_model(master, folder, copy_from=copy_from)
         save_optimizer(optimizer, os.path.join(folder, "optimizer.safetensors"))
         write_json(os.path.join(folder, "sept_state.json"), {"round": r})
-    model_lib.save_model(master, final, copy_from=copy_from, also=also)
+    write_folder(final, fill)
 
 
 def find_checkpoint(out: str) -> str | None:
@@ -316,5 +379,5 @@ def pyplot():
 
 def save_figure(fig, path: str) -> None:
     fig.tight_layout()
-    model_lib.write_file(path, lambda tmp: fig.savefig(tmp, format="png"))
+    write_file(path, lambda tmp: fig.savefig(tmp, format="png"))
     pyplot().close(fig)

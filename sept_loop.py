@@ -224,7 +224,7 @@ def offline_answers(cfg: SePTConfig, sampler, train_ids: list[list[int]], stop_i
                                             max_new_tokens=cfg.max_response_tokens, top_p=cfg.top_p,
                                             stop_ids=stop_ids, batch=cfg.sample_batch,
                                             seed=seed_for(cfg, "train", 0), desc="offline answers")
-        model_lib.write_file(path, "".join(json.dumps(dict(question=i, response=resp, entropy=h)) + "\n"
+        runs.write_file(path, "".join(json.dumps(dict(question=i, response=resp, entropy=h)) + "\n"
                                            for i, resp, h in zip(used, responses, entropies)))
     answers = {}
     with open(path) as f:
@@ -271,7 +271,7 @@ def resolve_config(argv: list[str] | None = None) -> SePTConfig:
     if known.resume:
         if given := [f"--{k}" for k in ("preset", "out", "overwrite") if getattr(known, k)]:
             raise ValueError(f"--resume {known.resume} continues that run as it was set up: drop {', '.join(given)}")
-        base = runs.read_config(known.resume, {f.name for f in dataclasses.fields(SePTConfig)})
+        base = runs.read_run_config(known.resume, {f.name for f in dataclasses.fields(SePTConfig)})
     elif (known.preset or "toy") not in PRESETS:
         raise ValueError(f"--preset {known.preset!r}: choose one of {', '.join(PRESETS)}")
     else:

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 import cli
 from data.prompts import load_tokenizer
-from model import Transformer, empty_model, load_model, refuse_unless_ours, save_model, write_file
+import runs
+from model import Transformer, empty_model, load_model, save_model
 
 IGNORE = -100  # target of prompt and padding positions: no loss there (the same value as HF's labels)
 Pair = tuple[list[int], list[int]]  # (prompt ids, response ids): EOS last when generated; cut-off ones kept whole
@@ -379,7 +380,7 @@ def read_pairs(path: str, tokenizer, eos_ids: list[int], max_len: int) -> list[P
 def main(argv: list[str] | None = None) -> None:
     cfg = cli.config_from_argv(SFTConfig, argv, __doc__.splitlines()[0])
     cli.check_settings(cfg, {**RULES, "epochs": cli.AT_LEAST_1, "batch_size": cli.AT_LEAST_1})
-    refuse_unless_ours(cfg.out)  # --out is replaced at the end: a folder that is not a checkpoint fails now
+    runs.refuse_unless_ours(cfg.out)  # --out is replaced at the end: a folder that is not a checkpoint fails now
     device = cli.pick_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model)
     net = load_model(cfg.model, device, torch.float32)  # fp32 master weights
@@ -398,8 +399,11 @@ def main(argv: list[str] | None = None) -> None:
         st = train_step(net, optimizer, batch, step, cfg)
         tqdm.write(f"step {step} loss {st['loss']:.4f} grad_norm {st['grad_norm']:.4f} lr {st['lr']:.3e} "
                    f"tok/s {st['tok_per_s']:.0f}" + (" skipped (non-finite)" if st["skipped"] else ""))
-    save_model(net, cfg.out, copy_from=cfg.model)
-    write_file(os.path.join(cfg.out, "train_config.json"), json.dumps(asdict(cfg), indent=2))
+
+    def fill(folder):  # the checkpoint and how it was trained, swapped in whole
+        save_model(net, folder, copy_from=cfg.model)
+        runs.write_json(os.path.join(folder, "train_config.json"), asdict(cfg))
+    runs.write_folder(cfg.out, fill)
     print(f"saved {cfg.out}")
 
 

@@ -24,7 +24,7 @@ import textwrap
 from dataclasses import asdict, dataclass
 
 from data import prompts, questions
-from model import write_file
+from runs import write_file
 
 # verl's math grader (sept/verl/utils/reward_score/__init__.py) scores only these data_source names
 VERL_MATH_SOURCES = {"lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval", "math500", "amc", "aime", "aime25",

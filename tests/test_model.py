@@ -8,6 +8,7 @@ import torch
 from conftest import hf_logits
 
 import model
+import runs
 from data import prompts
 
 
@@ -58,7 +59,7 @@ def test_save_round_trip(make_checkpoint, tmp_path, family):
     src = make_checkpoint(family)
     m = model.load_model(src)
     out = str(tmp_path / "saved")
-    model.save_model(m, out, copy_from=src)
+    runs.save_model(m, out, copy_from=src)
     assert os.path.isfile(os.path.join(out, "tokenizer.json"))
     x = ids()
     with torch.no_grad():
@@ -71,9 +72,9 @@ def test_save_round_trip(make_checkpoint, tmp_path, family):
 def test_save_sharded_and_overwrite(make_checkpoint, tmp_path):
     m = model.load_model(make_checkpoint("qwen2"))
     out = str(tmp_path / "ckpt")
-    model.save_model(m, out, max_shard_bytes=20_000)
+    runs.save_model(m, out, max_shard_bytes=20_000)
     assert os.path.isfile(os.path.join(out, "model.safetensors.index.json"))
-    model.save_model(m, out)  # replaces the folder atomically; no stale shards, no temporary folders left
+    runs.save_model(m, out)  # replaces the folder atomically; no stale shards, no temporary folders left
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "qwen2-0"]
     x = ids()

@@ -33,19 +33,21 @@ def test_save_model_refuses_a_folder_that_is_not_a_checkpoint(make_checkpoint, t
         os.makedirs(d / name)
         (d / name / "notes.txt").write_text("the user's")
         with pytest.raises(FileExistsError, match=f"{name} is not a checkpoint folder .notes.txt"):
-            model_lib.save_model(net, str(d / "mine"))
+            runs.save_model(net, str(d / "mine"))
         assert (d / name / "notes.txt").read_text() == "the user's"
         os.remove(d / name / "notes.txt")
         os.rmdir(d / name)
     (d / "file").write_text("x")
     with pytest.raises(FileExistsError, match="not a folder"):
-        model_lib.save_model(net, str(d / "file"))
+        runs.save_model(net, str(d / "file"))
     # a checkpoint of ours is replaced, also when a crash left a half-removed .old beside it
-    model_lib.save_model(net, str(d / "ckpt"))
+    runs.save_model(net, str(d / "ckpt"))
     (d / "ckpt.old").mkdir()
     (d / "ckpt.old" / "model.safetensors").write_bytes(b"half")
-    model_lib.save_model(net, str(d / "ckpt"))
+    runs.save_model(net, str(d / "ckpt"))
     assert sorted(os.listdir(d)) == ["ckpt", "file"] and model_lib.load_model(str(d / "ckpt"))
+    with pytest.raises(FileExistsError, match="ckpt: not empty"):  # model.py writes folders, never replaces one
+        model_lib.save_model(net, str(d / "ckpt"))
 
 
 def test_train_out_on_a_user_folder_fails_before_training(make_checkpoint, tmp_path):
@@ -61,14 +63,14 @@ def test_train_out_on_a_user_folder_fails_before_training(make_checkpoint, tmp_p
 def test_a_write_that_fails_leaves_the_old_file(tmp_path):
     """A full disk mid-write (ENOSPC) fails the write; the file keeps its previous content."""
     path = str(tmp_path / "metrics.jsonl")
-    model_lib.write_file(path, "old\n")
+    runs.write_file(path, "old\n")
 
     def partial(tmp):
         with open(tmp, "w") as f:
             f.write("ne")
         raise OSError(28, "No space left on device")
     with pytest.raises(OSError, match="No space left"):
-        model_lib.write_file(path, partial)
+        runs.write_file(path, partial)
     assert open(path).read() == "old\n"
 
 

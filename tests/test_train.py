@@ -276,7 +276,7 @@ def test_checkpoint_and_optimizer_resume_bit_for_bit(ckpt, tmp_path):
     opt_b = train.make_optimizer(b, cfg)
     for step in range(2):
         train.train_step(b, opt_b, batches[step], step, cfg)
-    train.save_model(b, str(tmp_path / "ckpt"))
+    runs.save_model(b, str(tmp_path / "ckpt"))
     runs.save_optimizer(opt_b, str(tmp_path / "opt.safetensors"))
     c = load_model(str(tmp_path / "ckpt"))
     x = torch.tensor([batches[0][0][0] + batches[0][0][1]])
