@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 import cli
 import model as model_lib
+import runs
 import sample
 import train
 import triton_kernels as tk
@@ -163,7 +164,7 @@ def run_row(report: dict, cfg: BenchConfig, section: str, name: str, fn):
         print(f"{section:<9} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in r.items()), flush=True)
     report[section] += rows
-    model_lib.write_file(cfg.out, json.dumps(report, indent=1))
+    runs.write_file(cfg.out, json.dumps(report, indent=1))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -545,7 +546,7 @@ def main(argv=None):
         except Exception as e:  # a set-up failure outside any row: the section reports it, the others still run
             report[s].append(dict(name=s, error=f"{type(e).__name__}: {e}"[:400]))
             print(f"{s:<9} error={report[s][-1]['error']}")
-    model_lib.write_file(cfg.out, json.dumps(report, indent=1))
+    runs.write_file(cfg.out, json.dumps(report, indent=1))
     print(f"wrote {cfg.out}")
 
 
