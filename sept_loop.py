@@ -77,7 +77,7 @@ class SePTConfig(train.TrainConfig):
     save_every: int = 50                # also keep checkpoints/round_NNNN every this many rounds (0 = never)
     seed: int = 0                       # every random choice is a pure function of (seed, round)
     device: str = "auto"                # auto = cuda when available, else cpu
-    sample_dtype: Literal["auto", *model_lib.DTYPES] = "auto"  # auto = bfloat16 on cuda, float32 on cpu (master: fp32)
+    sample_dtype: Literal[("auto", *model_lib.DTYPES)] = "auto"  # auto = bfloat16 on cuda, float32 on cpu (master: fp32)
     export_verl: str = ""               # write DIR/run.sh + DIR/data/ for the official verl recipe (8 GPUs), then stop
 
 
