@@ -39,6 +39,7 @@ Pair = tuple[list[int], list[int]]  # (prompt ids, response ids): EOS last when 
 class TrainConfig:
     lr: float = 1e-7                    # peak learning rate (the paper's SePT; each preset sets its own)
     warmup_steps: int = 0               # lr steps of linear warmup from lr/warmup_steps up to lr (sept_loop: rounds)
+    warmup_ratio: float = 0.0           # warmup as a share of total_steps when warmup_steps is 0 (verl SFT's ratio)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # after warmup; cosine decays to min_lr at total_steps
     min_lr: float = 0.0                 # floor of the cosine decay
     total_steps: int = 0                # length of the cosine schedule (0: the caller's count, batches or rounds)
@@ -50,7 +51,9 @@ class TrainConfig:
     tau_t: float = 1.0                  # τt: training temperature, logits / τt before the softmax
     loss: Literal["ce", "em"] = "ce"    # ce: SePT, cross-entropy on own answers; em: EM-FT, minimize entropy
     loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"  # see loss_weights
+    loss_group: int = 0                 # answers per loss_agg group, groups weighing alike (verl: its micro-batch); 0 = all
     clip_ratio: float = 0.2             # ε of GRPO's clipped surrogate (verl's default clip_ratio)
+    clip_ratio_c: float = 3.0           # GRPO's dual clip: a negative advantage's loss stops at c·|A| (verl's default)
     micro_batch_tokens: int = 16384     # padded tokens per micro-batch (forward + backward at once)
     loss_chunk_rows: int = 4096         # token rows per chunk of the vocabulary-sized logits in the loss
     activation_checkpointing: bool = False  # recompute layers in backward: less memory, ~1/3 more compute
@@ -65,7 +68,8 @@ class TrainConfig:
 
 # What each trainer setting may be, checked by both CLIs before any work (cli.check_settings).
 RULES = {**dict.fromkeys(("micro_batch_tokens", "loss_chunk_rows"), cli.AT_LEAST_1),
-         **dict.fromkeys(("warmup_steps", "total_steps"), cli.AT_LEAST_0),
+         **dict.fromkeys(("warmup_steps", "total_steps", "loss_group"), cli.AT_LEAST_0),
+         "warmup_ratio": cli.FRACTION, "clip_ratio_c": (lambda v: 1 < v < math.inf, "a number > 1"),
          **dict.fromkeys(("lr", "min_lr", "weight_decay", "grad_clip"), cli.NON_NEGATIVE),
          **dict.fromkeys(("beta1", "beta2"), (lambda v: 0 <= v < 1, "a number in [0, 1)")),
          "eps": cli.POSITIVE, "tau_t": cli.POSITIVE, "clip_ratio": cli.FRACTION}
@@ -75,15 +79,17 @@ RULES = {**dict.fromkeys(("micro_batch_tokens", "loss_chunk_rows"), cli.AT_LEAST
 # The learning rate: a pure function of the update index, written into the optimizer each step.
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """step 0, 1, ...: lr·(step+1)/warmup_steps during warmup, then lr (constant) or a cosine from lr at
-    step = warmup_steps down to min_lr at step >= total_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+    """step 0, 1, ...: lr·(step+1)/warmup during warmup, then lr (constant) or a cosine from lr at step = warmup
+    down to min_lr at step >= total_steps. warmup: warmup_steps, or else warmup_ratio of total_steps (rounded down,
+    as verl's SFT trainer does)."""
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * cfg.total_steps)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    if cfg.total_steps <= cfg.warmup_steps:
+    if cfg.total_steps <= warmup:
         raise ValueError(f"cosine schedule needs total_steps > warmup_steps, got {cfg.total_steps}")
-    progress = min(1.0, (step - cfg.warmup_steps) / (cfg.total_steps - cfg.warmup_steps))
+    progress = min(1.0, (step - warmup) / (cfg.total_steps - warmup))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
@@ -160,12 +166,17 @@ def check_pairs(pairs: list[Pair], max_len: int) -> None:
                              f"context of {max_len} (max_position_embeddings)")
 
 
-def loss_weights(response_lens: list[int], agg: str) -> list[float]:
+def loss_weights(response_lens: list[int], agg: str, group: int = 0) -> list[float]:
     """THE aggregation choice: the weight of every response token of pair i in one update's loss.
 
     token-mean:          Σ_i Σ_t ℓ_it / Σ_i |y_i|  (the gradient does not depend on the micro-batch split)
     seq-mean-token-sum:  Σ_i Σ_t ℓ_it / B          (the paper's Eq. 1)
-    seq-mean-token-mean: Σ_i (Σ_t ℓ_it / |y_i|) / B"""
+    seq-mean-token-mean: Σ_i (Σ_t ℓ_it / |y_i|) / B
+    group > 0: the aggregate of each run of `group` pairs, then their mean. verl aggregates each micro-batch (4
+    answers per GPU in the official scripts) and averages those, so an answer beside a long cut-off one weighs less."""
+    if group and group < len(response_lens):
+        groups = [response_lens[g:g + group] for g in range(0, len(response_lens), group)]
+        return [w / len(groups) for lens in groups for w in loss_weights(lens, agg)]
     B, n = len(response_lens), sum(response_lens)
     if agg == "token-mean":
         return [1.0 / n] * B
@@ -229,11 +240,14 @@ class PolicyTargets:
     old_logp: list[torch.Tensor]        # per pair, (response tokens,): log p_old, computed before the first update
 
 
-def clipped_surrogate(logp, old_logp, advantages, eps: float) -> torch.Tensor:
+def clipped_surrogate(logp, old_logp, advantages, eps: float, c: float = 3.0) -> torch.Tensor:
     """PPO's per-token loss -min(ρ·A, clip(ρ, 1-ε, 1+ε)·A) with ρ = p / p_old: a step of policy gradient that
-    stops pushing a token's probability once it has moved by ε (no KL term, as in the official GRPO script)."""
-    ratio = torch.exp(logp - old_logp)
-    return -torch.minimum(ratio * advantages, ratio.clamp(1 - eps, 1 + eps) * advantages)
+    stops pushing a token's probability once it has moved by ε (no KL term, as in the official GRPO script).
+    As verl's compute_policy_loss: log ρ clamped to ±20, and the dual clip: with A < 0 the loss stops at c·|A|, so a
+    token whose probability grew c-fold since sampling no longer drags the update."""
+    ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
+    loss = -torch.minimum(ratio * advantages, ratio.clamp(1 - eps, 1 + eps) * advantages)
+    return torch.where(advantages < 0, torch.minimum(loss, -c * advantages), loss)
 
 
 def loss_and_grad(model: Transformer, pairs: list[Pair], cfg: TrainConfig,
@@ -242,7 +256,7 @@ def loss_and_grad(model: Transformer, pairs: list[Pair], cfg: TrainConfig,
     The per-token loss is cfg.loss ("ce": -log p, "em": entropy), or with `policy` (GRPO) the clipped surrogate
     of log p = -CE. Either way the tokens are weighted by loss_weights: the one place a gradient is made."""
     device = model.head_weight.device
-    weights = torch.tensor(loss_weights([len(r) for _, r in pairs], cfg.loss_agg), device=device)
+    weights = torch.tensor(loss_weights([len(r) for _, r in pairs], cfg.loss_agg, cfg.loss_group), device=device)
     if policy is not None:
         if cfg.loss != "ce":
             raise ValueError(f"the clipped surrogate needs loss='ce' (log-probabilities), got {cfg.loss!r}")
@@ -251,7 +265,7 @@ def loss_and_grad(model: Transformer, pairs: list[Pair], cfg: TrainConfig,
     for group, losses, rows in micro_batch_losses(model, pairs, cfg):
         if policy is not None:
             old = torch.cat([policy.old_logp[i] for i in group])
-            losses = clipped_surrogate(-losses, old, advantages[rows], cfg.clip_ratio)
+            losses = clipped_surrogate(-losses, old, advantages[rows], cfg.clip_ratio, cfg.clip_ratio_c)
         part = (losses * weights[rows]).sum()
         part.backward()
         total += part.detach()

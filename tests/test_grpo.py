@@ -73,6 +73,24 @@ def test_clipping_stops_the_gradient_outside_the_range():
     assert logp.grad[0] == 0 and logp.grad[3] == 0 and logp.grad[1] != 0 and logp.grad[2] != 0
 
 
+def test_dual_clip_and_the_log_ratio_clamp_stop_the_gradient():
+    """verl's compute_policy_loss: with A < 0 the loss is capped at c·|A| (ratio 4 > c = 3: no gradient; ratio 2:
+    the gradient -A·ρ of the plain surrogate), and log ρ is clamped to ±20 (a ratio e^25 with A > 0 would be
+    clipped anyway; with A < 0 and c = 1e12 only the clamp binds)."""
+    logp = torch.tensor([0.0, 0.0, 25.0, 0.0], requires_grad=True)
+    old = torch.tensor([-math.log(4.0), -math.log(2.0), 0.0, -21.0])
+    adv = torch.tensor([-1.0, -1.0, -1.0, -1.0])
+    loss = train.clipped_surrogate(logp, old, adv, 0.2, c=3.0)
+    assert loss[0].item() == pytest.approx(3.0) and loss[1].item() == pytest.approx(2.0)
+    loss.sum().backward()
+    assert logp.grad[0] == 0 and logp.grad[1].item() == pytest.approx(2.0)
+    logp.grad = None
+    loss = train.clipped_surrogate(logp, old, adv, 0.2, c=1e12)
+    assert loss[2].item() == pytest.approx(math.exp(20.0)) and loss[3].item() == pytest.approx(math.exp(20.0))
+    loss.sum().backward()
+    assert logp.grad[2] == 0 and logp.grad[3] == 0 and logp.grad[0].item() == pytest.approx(4.0)
+
+
 def test_group_advantages():
     assert sept_loop.group_advantages([1, 1, 1, 1, 0, 0, 0, 0], 4) == [0.0] * 8  # equal rewards: no signal
     adv = sept_loop.group_advantages([1, 0, 0, 0, 1, 1, 0, 0], 4)
@@ -88,9 +106,9 @@ def test_first_update_ratio_is_exactly_one(tiny, monkeypatch):
     optimizer = train.make_optimizer(m, cfg)
     seen, real_surrogate, real_step = [], train.clipped_surrogate, train.train_step
 
-    def surrogate(logp, old_logp, advantages, eps):  # records log ratios, tagged with the update they belong to
+    def surrogate(logp, old_logp, *args):  # records log ratios, tagged with the update they belong to
         seen.append((len(updates), (logp - old_logp).detach().clone()))
-        return real_surrogate(logp, old_logp, advantages, eps)
+        return real_surrogate(logp, old_logp, *args)
 
     updates = []
 

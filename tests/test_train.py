@@ -92,6 +92,28 @@ def test_loss_weights():
     assert train.loss_weights([2, 6], "seq-mean-token-mean") == [1 / 4, 1 / 12]
     with pytest.raises(ValueError, match="loss_agg"):
         TrainConfig(loss_agg="sum")
+    # groups of 2 (the last of 1), each group's token mean, then the mean over the groups
+    assert train.loss_weights([2, 6, 4], "token-mean", 2) == [1 / 16, 1 / 16, 1 / 8]
+    assert train.loss_weights([2, 6, 4], "token-mean", 3) == train.loss_weights([2, 6, 4], "token-mean")
+
+
+@pytest.mark.parametrize("group", [2, 3])
+def test_loss_groups_equal_a_direct_computation(ckpt, group):
+    """verl's averaging, computed directly: the token mean of each run of `group` answers (its micro-batch), then
+    their mean. Answers of unequal lengths, and micro-batches of sept's own choosing in between."""
+    m, pairs = load_model(ckpt()), make_pairs()
+    cfg = TrainConfig(loss_group=group, micro_batch_tokens=20)
+    loss, grads = grads_of(m, pairs, cfg)
+    m.zero_grad(set_to_none=True)
+    means = []
+    for g in range(0, len(pairs), group):
+        inputs, targets = train.make_batch(pairs[g:g + group], "cpu")
+        means.append(ref_token_losses(m, inputs, targets).mean())
+    expected = torch.stack(means).mean()
+    expected.backward()
+    assert abs(loss - expected.item()) < 1e-5 * expected.item()
+    assert_grads_close(grads, {n: p.grad for n, p in m.named_parameters()})
+    assert abs(loss - grads_of(m, pairs, TrainConfig())[0]) > 1e-3  # not the plain token mean
 
 
 # ---- the loss against references ------------------------------------------------------------------------------
@@ -232,6 +254,8 @@ def test_lr_schedule_values():
     assert [train.lr_at(s, cos) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
     assert train.lr_at(3, cos) == 0.1 + 0.45 * (1 + math.cos(math.pi / 4))
     assert abs(train.lr_at(4, cos) - 0.55) < 1e-15 and train.lr_at(6, cos) == train.lr_at(9, cos) == 0.1
+    ratio = TrainConfig(lr=1.0, warmup_ratio=0.01, lr_schedule="cosine", total_steps=942)  # verl SFT: int(9.42)
+    assert train.lr_at(8, ratio) == 1.0 * 9 / 9 and train.lr_at(7, ratio) == 8 / 9 and train.lr_at(942, ratio) == 0
     with pytest.raises(ValueError, match="total_steps"):
         train.lr_at(3, TrainConfig(lr_schedule="cosine", total_steps=0))
 
