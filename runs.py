@@ -125,7 +125,9 @@ def read_run_config(out: str, fields: set[str]) -> dict:
     saved = os.path.join(out, "config.json")
     if not os.path.isfile(saved):
         raise ValueError(f"--resume {out}: no config.json there (not a sept run folder)")
-    if unknown := set(config := model_lib.read_json(saved)) - fields:
+    config = model_lib.read_json(saved)
+    config.pop("resolved", None)  # what the run worked out at its start (stop ids): not a setting
+    if unknown := set(config) - fields:
         raise ValueError(f"{saved}: unknown settings {', '.join(sorted(unknown))} (another version of sept?)")
     return config
 

@@ -44,16 +44,19 @@ TOY = os.path.join(HERE, "data", "toy")
 class SePTConfig(train.TrainConfig):
     """The loop's settings; the trainer's (lr, warmup_steps, tau_t, loss, ...) come from train.TrainConfig.
     Defaults are the official recipe (ElementQi/SePT, sept_1e7_dsr.sh); a preset changes some (PRESETS)."""
-    preset: str = "toy"                 # starting values (PRESETS): toy, paper, toy-grpo, paper-grpo, toy-em, paper-em
+    preset: str = "toy"                 # starting values (PRESETS): toy, paper, and their -grpo, -em, -offline
     algo: Literal["sept", "grpo"] = "sept"  # sept: train on own answers, no reward; grpo: the RLVR baseline
     model: str = ""                     # base checkpoint folder (HF format)
     train_questions: str = ""           # questions the rounds draw from (jsonl / parquet)
     test_questions: str = ""            # held-out sets, comma-separated, for pass@k
     template: Literal[tuple(prompts.TEMPLATE_NAMES)] = "qwen-math"  # prompt template (data/prompts.py)
+    stop: Literal[prompts.STOP_RULES] = "checkpoint"  # answers end at: checkpoint = its EOS ids (the official run's
+    #                                     vLLM); turn = also at any end-of-turn token (<|im_end|>, <|eot_id|> ...)
     out: str = "runs/sept"              # output folder (a new run refuses one that holds a run: see --overwrite)
     overwrite: bool = False             # a new run deletes the run in --out: its config, metrics, samples, checkpoints
     resume: str = ""                    # continue the run in this folder from its last finished round
-    rounds: int = 10                    # R: training rounds (the lr schedule steps once a round, as in verl)
+    rounds: int = 0                     # R: training rounds (the lr steps once a round); 0 = --epochs passes
+    epochs: int = 3                     # E: when --rounds is 0, R = E·⌊N/B⌋ for N questions (verl drops the rest)
     batch_prompts: int = 128            # B: fresh questions per round
     rollouts: int = 1                   # G: answers sampled per question
     updates_per_round: int = 2          # µ: optimizer updates per round, on mini-batches of B·G/µ answers
@@ -63,6 +66,7 @@ class SePTConfig(train.TrainConfig):
     tau_s_ramp: float = 2 / 3           # fraction of the rounds over which τs moves, then held
     couple: bool = False                # ablation: τt = τs every round
     offline: bool = False               # ablation: all answers drawn once from the initial model at tau_s_start
+    offline_eos: bool = False           # --offline: each answer ends with the tokenizer's EOS, cut-off ones too (verl SFT)
     top_p: float = 1.0                  # nucleus mass when sampling training answers
     max_prompt_tokens: int = 1024       # longer prompts are an error
     max_response_tokens: int = 3072     # answers are cut here (and kept whole for training)
@@ -81,20 +85,27 @@ class SePTConfig(train.TrainConfig):
     export_verl: str = ""               # write DIR/run.sh + DIR/data/ for the official verl recipe (8 GPUs), then stop
 
 
-PAPER = dict(warmup_steps=10, activation_checkpointing=True, micro_batch_tokens=32768, save_every=300)
+# The official scripts run 3 epochs (the default), average the loss over micro-batches of 4 answers per GPU
+PAPER = dict(warmup_steps=10, activation_checkpointing=True, micro_batch_tokens=32768, save_every=300, loss_group=4)
 TOY_WORLD = dict(model=TOY, train_questions=os.path.join(TOY, "train.jsonl"), template="toy",
                  test_questions=os.path.join(TOY, "test.jsonl"), max_response_tokens=64, eval_every=2,
-                 sample_batch=2048, checkpoint_every=1, save_every=0, lr=1e-4, warmup_steps=3)
+                 sample_batch=2048, checkpoint_every=1, save_every=0, lr=1e-4, warmup_steps=3, rounds=10)
 COUPLED_1 = dict(tau_s_start=1.0, tau_s_end=1.0, tau_s_schedule="constant")  # sample (and train) at τ = 1
+# offline_train.sh: verl's SFT trainer, one update per B answers, cosine to 0 after a 1% warmup, β2 0.95, EOS appended
+SFT = dict(offline=True, offline_eos=True, updates_per_round=1, tau_s_schedule="constant", lr_schedule="cosine",
+           warmup_steps=0, warmup_ratio=0.01, beta2=0.95, loss_group=4)
+TOY_SEPT = dict(TOY_WORLD, batch_prompts=256, updates_per_round=8, tau_s_end=0.6, tau_s_schedule="constant")
 PRESETS = {
     # the official scripts (ElementQi/SePT, sept/examples/): the defaults above plus their trainer settings
     "paper": PAPER,                                                                    # sept_1e7_dsr.sh
     "paper-grpo": dict(PAPER, algo="grpo", lr=5e-7, rollouts=8, **COUPLED_1),         # grpo_5e7_dsr.sh
     "paper-em": dict(PAPER, loss="em", couple=True, tau_s_start=1.0, save_every=50),  # em_1e7_dsr.sh
+    "paper-offline": dict(PAPER, **SFT, lr=1e-5, save_every=50),  # generate_solutions.sh + offline_train.sh
     # the embedded toy world, on 2 CPU cores in minutes (README: "Results on the toy")
-    "toy": dict(TOY_WORLD, batch_prompts=256, updates_per_round=8, tau_s_end=0.6, tau_s_schedule="constant"),
+    "toy": TOY_SEPT,
     "toy-grpo": dict(TOY_WORLD, algo="grpo", batch_prompts=32, rollouts=8, updates_per_round=2, **COUPLED_1),
-    "toy-em": dict(TOY_WORLD, loss="em", couple=True, batch_prompts=256, updates_per_round=8, **COUPLED_1),
+    "toy-em": dict(TOY_SEPT, loss="em", couple=True, **COUPLED_1),
+    "toy-offline": dict(dict(TOY_SEPT, **SFT), updates_per_round=8),  # the SFT recipe in the toy's mini-batches
 }
 
 
@@ -121,17 +132,12 @@ def round_config(cfg: SePTConfig, tau_s: float) -> SePTConfig:
 
 
 def questions_for_round(r: int, n_questions: int, cfg: SePTConfig) -> list[int]:
-    """B question indices for round r: without replacement through the set, reshuffled at each pass."""
-    first = (r - 1) * cfg.batch_prompts
-    passes = {}  # pass number -> its order of the questions
-    picked = []
-    for pos in range(first, first + cfg.batch_prompts):
-        epoch, i = divmod(pos, n_questions)
-        if epoch not in passes:
-            generator = torch.Generator().manual_seed(seed_for(cfg, "questions", epoch))
-            passes[epoch] = torch.randperm(n_questions, generator=generator).tolist()
-        picked.append(passes[epoch][i])
-    return picked
+    """B question indices for round r: passes (epochs) over the set, each in a new order, of ⌊N/B⌋ rounds; the
+    questions left over at the end of a pass wait for the next (verl's dataloader drops that partial batch)."""
+    epoch, i = divmod(r - 1, n_questions // cfg.batch_prompts)
+    generator = torch.Generator().manual_seed(seed_for(cfg, "questions", epoch))
+    order = torch.randperm(n_questions, generator=generator).tolist()
+    return order[i * cfg.batch_prompts:(i + 1) * cfg.batch_prompts]
 
 
 def seed_for(cfg: SePTConfig, purpose: str, r: int) -> int:
@@ -234,10 +240,16 @@ def offline_answers(cfg: SePTConfig, sampler, train_ids: list[list[int]], stop_i
     return answers
 
 
-def offline_round(offline: dict, fresh: list[int]) -> tuple[list[list[int]], list[float]]:
-    """The stored answers of this round's questions, G per question, in the order of `picked`."""
+def offline_round(offline: dict, fresh: list[int], cfg: SePTConfig, tokenizer) -> tuple[list[list[int]], list[float]]:
+    """The stored answers of this round's questions, G per question, in the order of `picked`. With --offline-eos
+    each ends with the tokenizer's EOS (a stop token it ended at replaced, a cut-off one extended), as verl's SFT
+    data does: the answer's text, then the EOS."""
     answers = [a for i in fresh for a in offline[i]]
-    return [response for response, _ in answers], [entropy for _, entropy in answers]
+    responses = [response for response, _ in answers]
+    if cfg.offline_eos:
+        stop = set(tokenizer.stop_ids)
+        responses = [(r[:-1] if r and r[-1] in stop else r) + [tokenizer.eos_id] for r in responses]
+    return responses, [entropy for _, entropy in answers]
 
 
 def stop_if_not_finite(steps: list[dict], r: int, cfg: SePTConfig) -> None:
@@ -265,7 +277,7 @@ def resolve_config(argv: list[str] | None = None) -> SePTConfig:
     errors), and over its rounds unless its τs and lr schedules do not depend on them."""
     argv = sys.argv[1:] if argv is None else list(argv)
     first = argparse.ArgumentParser(add_help=False)
-    for flag in ("--preset", "--resume", "--out", "--overwrite"):
+    for flag in ("--preset", "--resume", "--out", "--overwrite", "--rounds", "--epochs"):
         first.add_argument(flag, nargs="?", const="given")
     known, _ = first.parse_known_args(argv)
     if known.resume:
@@ -280,6 +292,8 @@ def resolve_config(argv: list[str] | None = None) -> SePTConfig:
     parser.set_defaults(**base)
     cfg = SePTConfig(**vars(parser.parse_args(argv)))
     cfg.out = cfg.resume or cfg.out
+    if known.epochs and not known.rounds:  # --epochs given: it decides the rounds, not the preset's --rounds
+        cfg.rounds = 0
     if cfg.resume and cfg.rounds != base["rounds"] and (cfg.tau_s_schedule != "constant" or (
             cfg.lr_schedule == "cosine" and not cfg.total_steps)):
         raise ValueError(f"--rounds {cfg.rounds}: the run's τs / lr schedules span its --rounds {base['rounds']}; "
@@ -291,9 +305,9 @@ def resolve_config(argv: list[str] | None = None) -> SePTConfig:
 
 
 # What each setting may be, checked before anything is loaded (check_config): {field: (holds, allowed values)}.
-RULES = {**train.RULES, **dict.fromkeys("rounds batch_prompts rollouts updates_per_round eval_n checkpoint_every "
+RULES = {**train.RULES, **dict.fromkeys("epochs batch_prompts rollouts updates_per_round eval_n checkpoint_every "
                                         "max_prompt_tokens max_response_tokens sample_batch".split(), cli.AT_LEAST_1),
-         **dict.fromkeys(("eval_every", "save_every", "eval_max_questions"), cli.AT_LEAST_0),
+         **dict.fromkeys(("rounds", "eval_every", "save_every", "eval_max_questions"), cli.AT_LEAST_0),
          "tau_s_start": cli.POSITIVE, "tau_s_end": cli.POSITIVE, "eval_temperature": cli.NON_NEGATIVE,
          "tau_s_ramp": cli.FRACTION, "top_p": cli.PROBABILITY,
          "sweep": (lambda v: not v or all(t.strip().replace(".", "", 1).isdigit() for t in v.split(",")),
@@ -306,6 +320,16 @@ def check_config(cfg: SePTConfig) -> None:
     if (cfg.batch_prompts * cfg.rollouts) % cfg.updates_per_round:
         raise ValueError(f"B·G = {cfg.batch_prompts * cfg.rollouts} answers do not split into "
                          f"{cfg.updates_per_round} equal mini-batches (--updates-per-round)")
+    if cfg.offline_eos and not cfg.offline:
+        raise ValueError("--offline-eos ends the stored answers of --offline: add --offline, or drop it")
+
+
+def resolve_rounds(cfg: SePTConfig, n_questions: int) -> None:
+    """--rounds 0: --epochs passes over the N training questions, ⌊N/B⌋ rounds each (as the official runs)."""
+    if n_questions < cfg.batch_prompts:
+        raise ValueError(f"{cfg.train_questions}: {n_questions} questions, fewer than --batch-prompts "
+                         f"{cfg.batch_prompts}: not one round's worth")
+    cfg.rounds = cfg.rounds or cfg.epochs * (n_questions // cfg.batch_prompts)
 
 
 def encode_questions(path: str, cfg: SePTConfig, tokenizer, context: int, limit: int = 0, answers: str = ""):
@@ -324,6 +348,22 @@ def encode_questions(path: str, cfg: SePTConfig, tokenizer, context: int, limit:
                              f"--max-response-tokens {cfg.max_response_tokens} that exceeds the model's context "
                              f"of {context} tokens")
     return qs, ids
+
+
+def load_question_sets(cfg: SePTConfig, tokenizer) -> tuple[dict, list, list]:
+    """The test sets ({name: (questions, prompt ids)}; a set is named by its file, by its path if two share one),
+    and the training questions and their prompt ids (none for --sweep)."""
+    context = model_lib.read_config(cfg.model).max_position_embeddings
+    paths = list(dict.fromkeys(p for p in cfg.test_questions.split(",") if p))
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    test_sets = {}
+    for name, path in zip(names, paths):
+        key = name if names.count(name) == 1 else os.path.splitext(path)[0]
+        test_sets[key] = encode_questions(path, cfg, tokenizer, context, cfg.eval_max_questions, "pass@k needs it")
+    if cfg.sweep:
+        return test_sets, [], []
+    why = "--algo grpo rewards each answer by its grade" if cfg.algo == "grpo" else ""
+    return (test_sets, *encode_questions(cfg.train_questions, cfg, tokenizer, context, answers=why))
 
 
 def sweep(cfg: SePTConfig, sampler, tokenizer, test_sets: dict) -> None:
@@ -354,15 +394,13 @@ def main(argv=None):
     sample_dtype = cli.pick_dtype(cfg.sample_dtype, device)
 
     # 0. the questions, the model (fp32 master weights + a sampling copy), the optimizer, resumed if asked; --out
-    #    is written only once all of them have loaded. A test set is named by its file, by its path if two share one
-    context = model_lib.read_config(cfg.model).max_position_embeddings
-    tokenizer = prompts.load_tokenizer(cfg.model)
-    paths = list(dict.fromkeys(p for p in cfg.test_questions.split(",") if p))
-    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    test_sets = {name if names.count(name) == 1 else os.path.splitext(p)[0]: encode_questions(
-        p, cfg, tokenizer, context, cfg.eval_max_questions, "pass@k needs it") for name, p in zip(names, paths)}
-    train_qs, train_ids = encode_questions(cfg.train_questions, cfg, tokenizer, context, answers=(
-        "--algo grpo rewards each answer by its grade" if cfg.algo == "grpo" else "")) if not cfg.sweep else ([], [])
+    #    is written only once all of them have loaded
+    tokenizer = prompts.load_tokenizer(cfg.model, cfg.stop)
+    if cfg.offline_eos and tokenizer.eos_id is None:
+        raise ValueError(f"--offline-eos: {cfg.model}/tokenizer_config.json declares no eos_token to append")
+    test_sets, train_qs, train_ids = load_question_sets(cfg, tokenizer)
+    if not cfg.sweep:
+        resolve_rounds(cfg, len(train_qs))
     ckpt, start = runs.resume_point(cfg.out, min(cfg.checkpoint_every, cfg.rounds)) if cfg.resume else (None, 0)
     master = model_lib.load_model(ckpt or cfg.model, device, torch.float32)
     sampler = train.make_sampler(master, sample_dtype)
@@ -370,8 +408,10 @@ def main(argv=None):
     if ckpt:
         runs.load_optimizer(optimizer, os.path.join(ckpt, "optimizer.safetensors"))
         print(f"resuming {cfg.out} after round {start} ({ckpt})")
+    stop_ids = {tokenizer.decode([i]): i for i in tokenizer.stop_ids}
     print("config " + json.dumps(asdict(cfg)))
-    runs.start_run(cfg.out, asdict(cfg), start if ckpt else -1)
+    print(f"answers end at {stop_ids} (--stop {cfg.stop})")
+    runs.start_run(cfg.out, dict(asdict(cfg), resolved=dict(stop_ids=stop_ids)), start if ckpt else -1)
     if cfg.sweep:
         return sweep(cfg, sampler, tokenizer, test_sets)
     if start == 0:
@@ -387,7 +427,7 @@ def main(argv=None):
         rcfg = round_config(cfg, tau_s)
         # 2. the current model answers them at τs (offline: the initial model's answers, drawn once)
         t0 = time.time()
-        responses, entropies = offline_round(offline, fresh) if cfg.offline else draw_answers(
+        responses, entropies = offline_round(offline, fresh, cfg, tokenizer) if cfg.offline else draw_answers(
             sampler, [train_ids[i] for i in picked], tau=tau_s, max_new_tokens=cfg.max_response_tokens,
             top_p=cfg.top_p, stop_ids=tokenizer.stop_ids, batch=cfg.sample_batch,
             seed=seed_for(cfg, "train", r), desc=f"round {r} sample")

@@ -355,7 +355,7 @@ class SFTConfig(TrainConfig):
     model: str = "data/toy"             # checkpoint folder (HF format) to start from
     data: str = "pairs.jsonl"           # one {"prompt": "...", "response": "..."} object per line
     out: str = "out/sft"                # output checkpoint folder (replaced atomically if a checkpoint, else an error)
-    eos: bool = True                    # append the first stop id to each response: the model learns to stop
+    eos: bool = True                    # append the tokenizer's EOS to each response: the model learns to stop
     epochs: int = 1                     # passes over the data
     batch_size: int = 16                # pairs per optimizer update
     device: str = "auto"                # auto = cuda when available, else cpu
@@ -398,9 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     device = cli.pick_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model)
     net = load_model(cfg.model, device, torch.float32)  # fp32 master weights
-    if cfg.eos and not tokenizer.stop_ids:
-        raise ValueError(f"{cfg.model}: the tokenizer declares no stop id to append; pass --no-eos")
-    pairs = read_pairs(cfg.data, tokenizer, list(tokenizer.stop_ids[:1]) if cfg.eos else [],
+    if cfg.eos and tokenizer.eos_id is None:
+        raise ValueError(f"{cfg.model}: tokenizer_config.json declares no eos_token to append; pass --no-eos")
+    pairs = read_pairs(cfg.data, tokenizer, [tokenizer.eos_id] if cfg.eos else [],
                        net.config.max_position_embeddings)
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = [[pairs[i] for i in order[s:s + cfg.batch_size]]

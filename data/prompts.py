@@ -127,6 +127,8 @@ def _token_text(token) -> str:
 
 # Chat-turn terminators: Qwen base checkpoints declare <|endoftext|> but end chat turns with <|im_end|>.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
+# Where generation stops (load_tokenizer): the official run's rule, or also at every end of a chat turn.
+STOP_RULES = ("checkpoint", "turn")
 
 
 @dataclass
@@ -135,6 +137,7 @@ class Tokenizer:
     tok: object                     # tokenizers.Tokenizer
     stop_ids: tuple[int, ...] = ()  # generation ends at the first of these
     bos_ids: tuple[int, ...] = ()   # what the post-processor puts before a text (a BOS, or nothing)
+    eos_id: int | None = None       # the tokenizer's own EOS (tokenizer_config.json), what SFT data ends with
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
         """A prompt's ids as transformers' tokenizer(text).input_ids, less any EOS its post-processor appends: the
@@ -146,9 +149,12 @@ class Tokenizer:
         return self.tok.decode(ids, skip_special_tokens=False)
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """tokenizer.json of a checkpoint folder; stop ids from generation_config.json, config.json,
-    tokenizer_config.json and the end-of-turn tokens the vocabulary has."""
+def load_tokenizer(path: str | Path, stop: str = "checkpoint") -> Tokenizer:
+    """tokenizer.json of a checkpoint folder, and where generation stops (`stop`):
+    checkpoint  where the official run's vLLM stops: the tokenizer's EOS and generation_config.json's eos_token_id
+                (one id or a list). A base Qwen2.5-Math declares only <|endoftext|>: its answers run on past an
+                <|im_end|>, and SePT trains on what follows, as the official run does.
+    turn        also config.json's eos_token_id and every end-of-turn token the vocabulary has (END_OF_TURN_TOKENS)."""
     from tokenizers import Tokenizer as HFTokenizer
     folder = Path(path)
     if not (folder / "tokenizer.json").is_file():
@@ -159,15 +165,23 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise ValueError(f"{folder / 'tokenizer.json'}: cannot read the tokenizer ({str(e)[:200]})") from None
     config = {name: read_json(str(folder / name)) if (folder / name).is_file() else {}
               for name in ("generation_config.json", "config.json", "tokenizer_config.json")}
-    stop = []
-    for eos in (config["generation_config.json"].get("eos_token_id"), config["config.json"].get("eos_token_id")):
-        stop += eos if isinstance(eos, list) else [eos] if eos is not None else []
-    if eos := config["tokenizer_config.json"].get("eos_token"):
-        stop.append(tok.token_to_id(_token_text(eos)))
-    stop += [tok.token_to_id(t) for t in END_OF_TURN_TOKENS]
+    if stop not in STOP_RULES:
+        raise ValueError(f"stop rule {stop!r}: choose one of {', '.join(STOP_RULES)}")
+    eos = config["tokenizer_config.json"].get("eos_token")
+    eos_id = tok.token_to_id(_token_text(eos)) if eos else None
+    stop_ids = [eos_id]
+    for name in ("generation_config.json",) + (("config.json",) if stop == "turn" else ()):
+        ids = config[name].get("eos_token_id")
+        stop_ids += ids if isinstance(ids, list) else [ids]
+    if stop == "turn":
+        stop_ids += [tok.token_to_id(t) for t in END_OF_TURN_TOKENS]
+    stop_ids = tuple(dict.fromkeys(i for i in stop_ids if i is not None))
+    if not stop_ids:
+        raise ValueError(f"{folder}: no EOS token in tokenizer_config.json (eos_token) nor generation_config.json "
+                         f"(eos_token_id): generation would never stop")
     probe = tok.encode("0", add_special_tokens=True)  # special_tokens_mask: 1 where the post-processor added one
     bos = probe.ids[:probe.special_tokens_mask.index(0)] if 0 in probe.special_tokens_mask else []
-    return Tokenizer(tok, tuple(dict.fromkeys(i for i in stop if i is not None)), tuple(bos))
+    return Tokenizer(tok, stop_ids, tuple(bos), eos_id)
 
 
 if __name__ == "__main__":

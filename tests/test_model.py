@@ -96,9 +96,24 @@ def test_bf16_load_holds_half_the_bytes(make_checkpoint):
 
 def test_tokenizer_stop_ids(make_checkpoint):
     path = make_checkpoint("qwen2")
-    tok = prompts.load_tokenizer(path)
+    tok = prompts.load_tokenizer(path, stop="turn")
     eot, im_end = tok.tok.token_to_id("<|endoftext|>"), tok.tok.token_to_id("<|im_end|>")
     assert set(tok.stop_ids) == {eot, im_end}  # Qwen base declares <|endoftext|>; chat turns end with <|im_end|>
+    # the official (vLLM) rule: the tokenizer's EOS and generation_config.json's ids, nothing else
+    assert prompts.load_tokenizer(path).stop_ids == (eot,) and tok.eos_id == eot
+    generation = os.path.join(path, "generation_config.json")
+    with open(generation) as f:
+        declared = json.load(f)
+    with open(generation, "w") as f:  # an instruct checkpoint declares both
+        json.dump(dict(declared, eos_token_id=[im_end, eot]), f)
+    assert prompts.load_tokenizer(path).stop_ids == (eot, im_end)
+    os.remove(generation)  # none: the tokenizer's EOS alone
+    assert prompts.load_tokenizer(path).stop_ids == (eot,)
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, f)
+    with pytest.raises(ValueError, match="no EOS token in tokenizer_config.json"):
+        prompts.load_tokenizer(path)
+    assert prompts.load_tokenizer(path, stop="turn").stop_ids  # config.json's and the end-of-turn tokens
     text = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n"
     assert tok.decode(tok.encode(text)) == text
     assert tok.encode("<|im_end|>") == [im_end]
