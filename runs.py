@@ -263,6 +263,12 @@ def round_metrics(r: int, tau_s: float, tau_t: float, steps: list[dict], respons
                 train_answers_correct=sum(known) / len(known) * 100 if known else None)
 
 
+def temperatures_after(out: str, r: int) -> tuple[float, float]:
+    """(τ_eff, Theorem 1's τ) as round r's line left them: the products a resumed run continues; 1, 1 at round 0."""
+    lines = [m for m in read_metrics(out) if m["round"] == r and "tau_eff" in m] if r else []
+    return (lines[-1]["tau_eff"], lines[-1]["tau_theorem1"]) if lines else (1.0, 1.0)
+
+
 def reward_metrics(rewards: list[float], group: int) -> dict:
     """The mean reward, and the share of questions whose G answers all got the same reward (no signal)."""
     groups = [rewards[g:g + group] for g in range(0, len(rewards), group)]
@@ -282,6 +288,7 @@ def log_round(out: str, line: dict, qs: list, responses, texts, grades) -> None:
           + (f" | answers correct {acc:.1f}%" if acc is not None else "")
           + (f" | reward {line['reward']:.3f} no-signal groups {line['groups_all_same'] * 100:.0f}%"
              if "reward" in line else "")
+          + f" | τ_eff {line['tau_eff']:.3g} (Theorem 1: {line['tau_theorem1']:.3g})"
           + f" | sample {line['seconds_sampling']:.1f}s train {line['seconds_training']:.1f}s")
 
 
@@ -308,7 +315,8 @@ def summary(out: str, eval_temperature: float) -> str:
 # Plots.
 
 def write_plot(out: str, eval_temperature: float, title: str) -> None:
-    """plot.png: pass@k at τ_eval and τs against rounds."""
+    """plot.png: pass@k at τ_eval against rounds; on a log scale beside it, τs, τ_eff (the base model's temperature
+    the trained one matches) and Theorem 1's prediction at convergence, Π τs/τt."""
     plt = pyplot()
     if plt is None:
         return
@@ -320,11 +328,13 @@ def write_plot(out: str, eval_temperature: float, title: str) -> None:
         if pts:
             ax.plot(*zip(*pts), marker="o", label=f"pass@{k}")
     ax.set(xlabel="round", ylabel=f"pass@k (%) at τ={eval_temperature}", ylim=(0, 100))
-    taus = [(m["round"], m["tau_s"]) for m in lines if "tau_s" in m]
-    if taus:
+    rounds = [m for m in lines if "tau_s" in m]
+    if rounds:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*taus), color="gray", linestyle="--", label="τs")
-        ax2.set(ylabel="τs", ylim=(0, 1.5))
+        for key, style, label in (("tau_s", "--", "τs"), ("tau_eff", "-", "τ_eff"), ("tau_theorem1", ":", "Theorem 1")):
+            pts = [(0, 1.0)] * (key != "tau_s") + [(m["round"], m[key]) for m in rounds if key in m]
+            ax2.plot(*zip(*pts), color="gray", linestyle=style, label=label)
+        ax2.set(ylabel="temperature (log scale)", yscale="log")
         ax2.legend(loc="lower right")
     ax.legend(loc="upper left")
     ax.set_title(title)

@@ -38,6 +38,7 @@ from data import grading, prompts, questions
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOY = os.path.join(HERE, "data", "toy")
+TAU_EFF_ANSWERS = 32  # answers a round's τ_eff is measured on: enough positions for one number, 2 short forwards
 
 
 @dataclass
@@ -162,11 +163,17 @@ def draw_answers(sampler: model_lib.Transformer, prompts_ids: list[list[int]], *
 
 def train_on_answers(master: model_lib.Transformer, optimizer, pairs: list[train.Pair], step: int,
                      tcfg: train.TrainConfig, updates: int, seed: int, desc: str = "",
-                     advantages: list[float] | None = None) -> list[dict]:
+                     advantages: list[float] | None = None) -> tuple[list[dict], dict]:
     """µ AdamW updates on the round's (prompt, answer) pairs, shuffled and split into µ mini-batches. Stops at
     the first update whose loss or gradient is not finite (train_step then leaves the weights untouched).
     With `advantages` (GRPO) each mini-batch first gets the log-probabilities of the model that sampled it,
-    all before the first update: that update's ratio p / p_old is then exactly 1."""
+    all before the first update: that update's ratio p / p_old is then exactly 1.
+    Returns the updates' stats, and how far they sharpened the model: the factor on its logits (train.logit_scale)
+    at the first TAU_EFF_ANSWERS answers, before against after, and the seconds that measuring took."""
+    t0 = time.time()
+    probe = pairs[:TAU_EFF_ANSWERS]
+    before = train.top_logits(master, probe, tcfg)
+    seconds = time.time() - t0
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
     size = math.ceil(len(pairs) / updates)
     batches = [order[u * size:(u + 1) * size] for u in range(updates)]
@@ -179,7 +186,9 @@ def train_on_answers(master: model_lib.Transformer, optimizer, pairs: list[train
         steps.append(train.train_step(master, optimizer, [pairs[i] for i in batch], step, tcfg, policy))
         if steps[-1]["skipped"]:
             break
-    return steps
+    t0 = time.time()
+    scale = train.logit_scale(before[0], train.top_logits(master, probe, tcfg, ids=before[1])[0])
+    return steps, dict(logit_scale=scale, seconds_tau_eff=round(seconds + time.time() - t0, 2))
 
 
 def group_advantages(rewards: list[float], group: int) -> list[float]:
@@ -418,6 +427,7 @@ def main(argv=None):
         report_eval(cfg, 0, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
                                         seed_for(cfg, "eval", 0)))
     offline = offline_answers(cfg, sampler, train_ids, tokenizer.stop_ids) if cfg.offline else None
+    tau_eff, tau_theorem1 = runs.temperatures_after(cfg.out, start)  # 1, 1 before any training
 
     for r in range(start + 1, cfg.rounds + 1):
         # 1. B fresh questions, G answers each, and this round's temperatures (τt = 1 > τs sharpens)
@@ -438,19 +448,25 @@ def main(argv=None):
         # 3. µ updates on its own answers at τt: plain cross-entropy (SePT: the grades are logged, never used),
         #    or the clipped surrogate of each answer's group-normalized reward (--algo grpo, the RLVR baseline)
         kept = [k for k, resp in enumerate(responses) if resp]
+        pairs = [(train_ids[picked[k]], responses[k]) for k in kept]
         advantages = group_advantages(rewards, cfg.rollouts) if cfg.algo == "grpo" else None
         t2 = time.time()
-        steps = train_on_answers(master, optimizer, [(train_ids[picked[k]], responses[k]) for k in kept], r - 1,
-                                 rcfg, cfg.updates_per_round, seed_for(cfg, "shuffle", r), f"round {r} train",
-                                 None if advantages is None else [advantages[k] for k in kept])
+        steps, sharpening = train_on_answers(master, optimizer, pairs, r - 1, rcfg, cfg.updates_per_round,
+                                             seed_for(cfg, "shuffle", r), f"round {r} train",
+                                             None if advantages is None else [advantages[k] for k in kept])
         stop_if_not_finite(steps, r, cfg)
         # 4. refresh the sampling copy: the next round samples from the updated model
         train.refresh_sampler(master, sampler)
         t3 = time.time()
-        # 5. log, evaluate every K rounds, and keep the checkpoint `last` (the resume point)
+        # 5. how far the rounds have sharpened the model: the base model's temperature it now matches (τ_eff, each
+        #    round's 1/factor multiplied), beside Theorem 1's prediction at convergence, the product of τs/τt
+        tau_eff /= sharpening["logit_scale"]
+        tau_theorem1 *= tau_s / rcfg.tau_t
+        # 6. log, evaluate every K rounds, and keep the checkpoint `last` (the resume point)
         line = dict(runs.round_metrics(r, tau_s, rcfg.tau_t, steps, responses, entropies, grades, tokenizer),
                     **(runs.reward_metrics(rewards, cfg.rollouts) if cfg.algo == "grpo" else {}),
-                    seconds_sampling=round(t1 - t0, 2), seconds_training=round(t3 - t2, 2))
+                    tau_eff=tau_eff, tau_theorem1=tau_theorem1, **sharpening, seconds_sampling=round(t1 - t0, 2),
+                    seconds_training=round(t3 - t2 - sharpening["seconds_tau_eff"], 2))
         runs.log_round(cfg.out, line, [train_qs[i] for i in picked], responses, texts, grades)
         if r == cfg.rounds or (cfg.eval_every and r % cfg.eval_every == 0):
             report_eval(cfg, r, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,

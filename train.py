@@ -284,6 +284,50 @@ def response_token_losses(model: Transformer, pairs: list[Pair], cfg: TrainConfi
 
 
 # ----------------------------------------------------------------------------------------------------------
+# How far an update sharpened the model: the one factor on its logits that best explains the change (τ_eff).
+
+@torch.no_grad()
+def top_logits(model: Transformer, pairs: list[Pair], cfg: TrainConfig, k: int = 32, ids=None):
+    """(logits, ids), each (N, k): at the N response positions of `pairs` (in micro_batches' order), the model's k
+    largest next-token logits (fp32, τ = 1) and their ids; with `ids` (N, k) from an earlier call on the same pairs
+    and cfg, its logits at those ids.
+    k logits per position are all that is kept: no copy of the model, no (N, vocabulary) tensor."""
+    device, values, chosen, n = model.head_weight.device, [], [], 0
+    model.checkpoint_layers = False
+    for group in micro_batches([len(p) + len(r) - 1 for p, r in pairs], cfg.micro_batch_tokens):
+        inputs, targets = make_batch([pairs[i] for i in group], device)
+        with autocast(device):
+            hidden = model.hidden_states(inputs)[targets != IGNORE]                   # (m, H)
+        for h in hidden.split(cfg.loss_chunk_rows):
+            z = chunk_logits(h, model.head_weight, 1.0)                                 # (c, V)
+            i = z.topk(min(k, z.shape[1]), dim=-1).indices if ids is None else ids[n:n + len(z)]
+            values.append(z.gather(1, i))
+            chosen.append(i)
+            n += len(z)
+    return torch.cat(values), torch.cat(chosen)
+
+
+def logit_scale(before: torch.Tensor, after: torch.Tensor) -> float:
+    """The factor s for which softmax(s · before) comes closest to softmax(after), over N positions (N, k) of the
+    same token ids: argmin_s mean_n KL(p_after || softmax(s · before)).
+
+    Why this one: Theorem 1 says a round trained to convergence multiplies every logit margin by τt/τs, i.e.
+    after = s · before + const; then the KL is 0 at exactly that s. Otherwise s is the single temperature change
+    (1/s) that best imitates the new model, in the sense it is used: the tempered old model that loses the least
+    log-likelihood on the new one's choices. The KL is convex in s (its derivative, E_{p_s}[z] - E_{p_after}[z],
+    grows with s), so a bisection on the derivative's sign finds the minimum. On the top-k ids only, renormalized:
+    the rest of a 152k vocabulary holds almost no mass at a model's own answer positions."""
+    z = before.double()
+    target = (after.double().softmax(-1) * z).sum(-1)                                   # E_{p_after}[z]
+    lo, hi = math.log(1e-3), math.log(1e3)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        slope = ((z * math.exp(mid)).softmax(-1) * z).sum(-1) - target                # d KL / d s, per position
+        lo, hi = (lo, mid) if slope.mean() > 0 else (mid, hi)
+    return math.exp((lo + hi) / 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Optimizer, one update, and the sampling copy (the optimizer state on disk: runs.py).
 
 def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:

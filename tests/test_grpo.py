@@ -117,7 +117,7 @@ def test_first_update_ratio_is_exactly_one(tiny, monkeypatch):
         return real_step(*args, **kw)
     monkeypatch.setattr(train, "clipped_surrogate", surrogate)
     monkeypatch.setattr(train, "train_step", step)
-    steps = sept_loop.train_on_answers(m, optimizer, make_pairs() * 2, 0, cfg, updates=2, seed=0,
+    steps, _ = sept_loop.train_on_answers(m, optimizer, make_pairs() * 2, 0, cfg, updates=2, seed=0,
                                        advantages=[1.0, -1.0, 0.5, -0.5] * 2)
     assert len(steps) == 2 and not any(s["skipped"] for s in steps)
     assert all(torch.equal(d, torch.zeros_like(d)) for u, d in seen if u == 1)  # ratio exactly 1

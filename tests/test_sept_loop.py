@@ -13,7 +13,7 @@ import pytest
 import sept_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMINGS = ("seconds_sampling", "seconds_training", "seconds_eval")
+TIMINGS = ("seconds_sampling", "seconds_training", "seconds_eval", "seconds_tau_eff")
 
 
 def write_questions(path, n=12):
@@ -45,8 +45,14 @@ def test_whole_run_writes_every_output(make_checkpoint, tmp_path):
         (0, True), (1, False), (2, False), (2, True), (3, False), (3, True)]
     train_line = metrics[1]
     for key in ("tau_s", "tau_t", "lr", "loss", "grad_norm", "response_len_mean", "response_len_max",
-                "truncation_rate", "stop_tokens", "entropy"):
+                "truncation_rate", "stop_tokens", "entropy", "tau_eff", "logit_scale"):
         assert key in train_line, key
+    rounds = [m for m in metrics if "tau_s" in m]  # τ_eff and Theorem 1's τ: products over the rounds so far
+    assert [m["tau_theorem1"] for m in rounds] == pytest.approx([0.6, 0.6 ** 2, 0.6 ** 3])
+    assert rounds[2]["tau_eff"] == pytest.approx(1 / (rounds[0]["logit_scale"] * rounds[1]["logit_scale"]
+                                                       * rounds[2]["logit_scale"]))
+    config = json.load(open(out / "config.json"))  # the resolved rounds and stop ids are saved with the run
+    assert config["rounds"] == 3 and config["resolved"]["stop_ids"] == {"<|endoftext|>": 0}
     assert metrics[0]["eval_temperature"] == 1.0 and "pass@4" in metrics[0] and "pass@8" not in metrics[0]
     assert sorted(os.listdir(out / "samples")) == ["round_0001.jsonl", "round_0002.jsonl", "round_0003.jsonl"]
     sample = json.loads(open(out / "samples" / "round_0001.jsonl").readline())
@@ -299,3 +305,33 @@ def test_evaluate_streams_every_set_through_one_generate_call(monkeypatch):
     assert calls == [(12, 3)]
     assert result["benchmarks"]["a"]["pass@1"] == 50 and result["benchmarks"]["b"]["pass@1"] == 100
     assert result["pass@1"] == 75
+
+
+def test_epochs_set_the_rounds_and_each_pass_drops_its_partial_batch():
+    cfg = sept_loop.SePTConfig(batch_prompts=4, rounds=0, epochs=2, train_questions="q.jsonl")
+    sept_loop.resolve_rounds(cfg, 13)
+    assert cfg.rounds == 6  # 2 passes of ⌊13 / 4⌋ = 3 rounds, as verl's total_epochs
+    passes = [[q for r in range(1 + 3 * e, 4 + 3 * e) for q in sept_loop.questions_for_round(r, 13, cfg)]
+              for e in (0, 1)]
+    assert [len(set(p)) for p in passes] == [12, 12] and passes[0] != passes[1]  # one question left out of each
+    with pytest.raises(ValueError, match="3 questions, fewer than --batch-prompts 4"):
+        sept_loop.resolve_rounds(sept_loop.SePTConfig(batch_prompts=4, train_questions="q.jsonl"), 3)
+    # given on the command line, --epochs decides the rounds over the preset's --rounds (the toy's 10)
+    assert sept_loop.resolve_config(["--epochs", "2"]).rounds == 0 and sept_loop.resolve_config([]).rounds == 10
+
+
+def test_offline_answers_end_with_the_tokenizer_eos():
+    from types import SimpleNamespace
+    tokenizer = SimpleNamespace(stop_ids=(7, 9), eos_id=7)
+    offline = {0: [([1, 2, 9], 0.1)], 1: [([3, 4, 5], 0.2)]}  # one ended at a stop id, one cut off
+    cfg = sept_loop.SePTConfig(offline=True, offline_eos=True)
+    assert sept_loop.offline_round(offline, [0, 1], cfg, tokenizer) == ([[1, 2, 7], [3, 4, 5, 7]], [0.1, 0.2])
+    cfg.offline_eos = False
+    assert sept_loop.offline_round(offline, [1, 0], cfg, tokenizer)[0] == [[3, 4, 5], [1, 2, 9]]
+
+
+def test_stop_rule_is_resolved_printed_and_saved(make_checkpoint, tmp_path, capsys):
+    args = tiny_run_args(make_checkpoint, tmp_path, "turn", "--sweep", "0", "--eval-max-questions", "2")
+    sept_loop.main(args + ["--stop", "turn"])
+    saved = json.load(open(tmp_path / "turn" / "config.json"))["resolved"]["stop_ids"]
+    assert set(saved) == {"<|endoftext|>", "<|im_end|>"} and "(--stop turn)" in capsys.readouterr().out

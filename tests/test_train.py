@@ -391,3 +391,34 @@ def test_cli_errors_name_file_and_line(ckpt, tmp_path, rows, fragment):
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     with pytest.raises(ValueError, match=fragment):
         train.main(["--model", ckpt("llama"), "--data", data, "--out", str(tmp_path / "out")])
+
+
+# ---- τ_eff: the factor on the logits that a round of training amounts to ---------------------------------------
+
+def test_logit_scale_recovers_a_known_factor():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(500, 32, generator=g) * 3
+    shift = torch.randn(500, 1, generator=g) * 10  # per-position constants: softmax ignores them
+    for s in (0.5, 1.0, 1 / 0.6, 4.0):
+        assert abs(train.logit_scale(z, s * z + shift) - s) < 1e-6 * s
+    # not a pure scaling: still the best single factor, between the two scalings it mixes
+    mixed = torch.cat([2.0 * z[:250], 3.0 * z[250:]])
+    assert 2.0 < train.logit_scale(z, mixed) < 3.0
+
+
+def test_top_logits_of_a_model_whose_head_is_scaled(ckpt):
+    """A model whose logits are the base model's times 1.7 (its untied head scaled): factor 1.7, i.e. the base
+    model at τ = 1/1.7, measured through top_logits on the answers' positions."""
+    base, pairs, cfg = load_model(ckpt("qwen2")), make_pairs(), TrainConfig(micro_batch_tokens=20, loss_chunk_rows=7)
+    values, ids = train.top_logits(base, pairs, cfg, k=5)
+    assert values.shape == ids.shape == (sum(len(r) for _, r in pairs), 5)
+    order = [i for g in train.micro_batches([len(p) + len(r) - 1 for p, r in pairs], 20) for i in g]
+    inputs, targets = train.make_batch([pairs[i] for i in order], "cpu")
+    with torch.no_grad():
+        full = base(inputs)[targets != IGNORE]  # the same positions, in training's order (micro-batches)
+    expected = full.topk(5, dim=-1)
+    assert torch.equal(ids, expected.indices) and torch.allclose(values, expected.values, atol=1e-5)
+    with torch.no_grad():
+        base.lm_head.weight.mul_(1.7)
+    after, _ = train.top_logits(base, pairs, cfg, ids=ids)
+    assert abs(train.logit_scale(values, after) - 1.7) < 1e-4
