@@ -7,7 +7,7 @@ as verl parquet, which sept reads too). It loads no model and runs nothing:
 
     python sept_loop.py --export-verl /tmp/verl-toy                          # CPU, a second: the toy world
     python sept_loop.py --preset paper --model Qwen2.5-Math-7B --train-questions dsr.jsonl \\
-        --test-questions math500.jsonl,aime.jsonl --rounds 942 --export-verl runs/verl
+        --test-questions math500.jsonl,aime.jsonl --export-verl runs/verl
     SEPT_CODE=SePT/sept N_GPUS=8 bash runs/verl/run.sh                       # where the GPUs are
 
 The keys are tables, one row a key: K(hydra key, sept's value, the official scripts that set it, verl's default,
@@ -39,6 +39,7 @@ SCRIPTS = {"sept": "sept_1e7_dsr.sh", "em": "em_1e7_dsr.sh", "grpo": "grpo_5e7_d
 class Plan:
     """What the export derives from the configuration and the number of training questions."""
     kind: str                # sept | em | grpo | offline: the official script the run becomes (its first letter)
+    rounds: int              # R: --rounds, or --epochs passes of questions // B rounds (sept_loop.resolve_rounds)
     epochs: int              # trainer.total_epochs: verl's epoch is questions // B steps (a partial batch dropped)
     steps: int | None        # trainer.total_training_steps = --rounds, when that is not whole epochs
     tau_epochs: int          # tau_s_annealing.epochs: verl's τs ramp is epochs × steps per epoch
@@ -64,6 +65,28 @@ def tau_s_end(c, p) -> float:  # a constant τs is an annealing from τs to itse
     return c.tau_s_start if c.tau_s_schedule == "constant" else c.tau_s_end
 
 
+def loss_group(c, p):  # answers per token-mean; --loss-group 0 (one over the mini-batch) has no verl form
+    return c.loss_group or V("MICRO_BATCH_PER_GPU")
+
+
+def loss_group_note(c, p) -> str:
+    return "--loss-group: answers per token-mean, those averaged" if c.loss_group else "see the header"
+
+
+def warmup_rounds(c, p) -> int:  # train.lr_at: --warmup-rounds, or else --warmup-ratio of the cosine's length
+    return c.warmup_steps or int(c.warmup_ratio * (c.total_steps or p.rounds))
+
+
+def warmup_ratio(c, p) -> float:  # verl's SFT warms up over int(ratio × its steps), sept over its rounds
+    return min(1.0, c.warmup_steps / p.rounds) if c.warmup_steps else c.warmup_ratio
+
+
+def warmup_note(c, p) -> str:
+    if not (c.warmup_steps or c.warmup_ratio):
+        return ""
+    return "verl's warmup starts at 0, sept's at lr/warmup"
+
+
 COMMON = [  # the online scripts: SePT and EM-FT (recipe.sept.main_sept), GRPO (verl.trainer.main_ppo)
     K("data.train_files", V("TRAIN_FILES")), K("data.val_files", V("VAL_FILES")),
     K("data.train_batch_size", field("batch_prompts"), note="B: fresh questions per round"),
@@ -75,8 +98,7 @@ COMMON = [  # the online scripts: SePT and EM-FT (recipe.sept.main_sept), GRPO (
     K("actor_rollout_ref.model.use_shm", V("USE_SHM")),
     K("actor_rollout_ref.model.use_remove_padding", V("USE_REMOVE_PADDING")),
     K("actor_rollout_ref.model.enable_gradient_checkpointing", field("activation_checkpointing")),
-    K("actor_rollout_ref.actor.optim.lr_warmup_steps", field("warmup_steps"),
-      note=lambda c, p: "verl's warmup starts at 0, sept's at lr/warmup: one round behind" if c.warmup_steps else ""),
+    K("actor_rollout_ref.actor.optim.lr_warmup_steps", warmup_rounds, note=warmup_note),
     K("actor_rollout_ref.actor.optim.lr", field("lr")),
     K("actor_rollout_ref.actor.optim.warmup_style", field("lr_schedule"), "", "constant",
       note=lambda c, p: "verl's cosine ends at --rounds, not --total-steps" if c.total_steps else ""),
@@ -87,7 +109,7 @@ COMMON = [  # the online scripts: SePT and EM-FT (recipe.sept.main_sept), GRPO (
     K("actor_rollout_ref.actor.loss_agg_mode", field("loss_agg"), "", "token-mean"),
     K("actor_rollout_ref.actor.ppo_mini_batch_size", lambda c, p: c.batch_prompts // c.updates_per_round,
       note="questions per update (verl multiplies by rollout.n): µ = B / this"),
-    K("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", V("MICRO_BATCH_PER_GPU")),
+    K("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", loss_group, note=loss_group_note),
     K("actor_rollout_ref.actor.use_kl_loss", False),
     K("actor_rollout_ref.actor.fsdp_config.param_offload", V("PARAM_OFFLOAD")),
     K("actor_rollout_ref.actor.fsdp_config.optimizer_offload", V("OPTIMIZER_OFFLOAD")),
@@ -107,13 +129,14 @@ COMMON = [  # the online scripts: SePT and EM-FT (recipe.sept.main_sept), GRPO (
     K("trainer.val_before_train", True, note="sept evaluates at round 0 too"),
     K("trainer.default_local_dir", V("OUTPUT_DIR")), K("trainer.n_gpus_per_node", V("N_GPUS")),
     K("trainer.default_hdfs_dir", "null"), K("trainer.nnodes", V("N_NODES")),
-    K("trainer.save_freq", lambda c, p: c.save_every or c.rounds,
+    K("trainer.save_freq", lambda c, p: c.save_every or p.rounds,
       note="--save-every (0: the last round's); verl's are also its resume points (--checkpoint-every)"),
     K("trainer.rollout_data_dir", V("OUTPUT_DIR") + "/rollout_data"),
     K("trainer.validation_data_dir", V("OUTPUT_DIR") + "/rollout_eval_data"),
-    K("trainer.test_freq", lambda c, p: c.eval_every or c.rounds, note="K: every K rounds and at the end"),
+    K("trainer.test_freq", lambda c, p: c.eval_every or p.rounds, note="K: every K rounds and at the end"),
     K("+trainer.log_freq", 1),
-    K("trainer.total_epochs", lambda c, p: p.epochs, note="--rounds × B / questions, rounded up"),
+    K("trainer.total_epochs", lambda c, p: p.epochs,
+      note=lambda c, p: "--rounds × B / questions, rounded up" if c.rounds else "--epochs"),
     K("trainer.total_training_steps", lambda c, p: p.steps, "", note="--rounds: not whole epochs"),
 ]
 SEPT = [  # recipe.sept.main_sept only: the τs schedule, τt, the loss
@@ -137,7 +160,8 @@ SEPT = [  # recipe.sept.main_sept only: the τs schedule, τt, the loss
 GRPO = [  # verl.trainer.main_ppo with GRPO's advantage and no KL (grpo_5e7_dsr.sh)
     K("algorithm.adv_estimator", "grpo"), K("actor_rollout_ref.actor.kl_loss_coef", 0),
     K("actor_rollout_ref.actor.kl_loss_type", "low_var_kl"), K("actor_rollout_ref.actor.entropy_coeff", 0),
-    K("actor_rollout_ref.actor.clip_ratio", lambda c, p: getattr(c, "clip_ratio", 0.2), "", 0.2),
+    K("actor_rollout_ref.actor.clip_ratio", field("clip_ratio"), "", 0.2),
+    K("actor_rollout_ref.actor.clip_ratio_c", field("clip_ratio_c"), "", 3.0, note="the dual clip"),
 ]
 GENERATE = [  # --offline, step 1: the initial model answers every training question at τs, G times
     K("data.path", V("TRAIN_FILES")), K("data.output_dir", V("OUTPUT_DIR") + "/generated_solutions"),
@@ -155,7 +179,7 @@ SFT = [  # --offline, step 2: verl's SFT trainer on those answers, µ updates of
     K("data.val_files", V("OUTPUT_DIR") + "/sft/test.parquet"),
     K("data.prompt_key", "extra_info"), K("data.response_key", "extra_info"),
     K("data.prompt_dict_keys", "['question']"), K("data.response_dict_keys", "['answer']"),
-    K("data.micro_batch_size_per_gpu", V("MICRO_BATCH_PER_GPU")),
+    K("data.micro_batch_size_per_gpu", loss_group, note=loss_group_note),
     K("data.max_length", lambda c, p: c.max_prompt_tokens + c.max_response_tokens),
     K("data.train_batch_size", lambda c, p: c.batch_prompts * c.rollouts // c.updates_per_round,
       note="answers per update: B·G/µ"),
@@ -163,18 +187,18 @@ SFT = [  # --offline, step 2: verl's SFT trainer on those answers, µ updates of
     K("model.fsdp_config.model_dtype", V("SFT_DTYPE")),
     K("model.enable_gradient_checkpointing", field("activation_checkpointing"), "", True),
     K("optim.lr", field("lr")),
-    K("optim.warmup_steps_ratio", lambda c, p: min(1.0, c.warmup_steps / c.rounds), note="--warmup-rounds / --rounds"),
+    K("optim.warmup_steps_ratio", warmup_ratio, note=warmup_note),
     K("optim.betas", lambda c, p: f"[{fmt(c.beta1)},{fmt(c.beta2)}]", "", "[0.9,0.95]"),
     K("optim.weight_decay", field("weight_decay"), "", 0.01),
     K("optim.clip_grad", lambda c, p: c.grad_clip or math.inf, "", 1.0),
     K("trainer.n_gpus_per_node", V("N_GPUS")), K("trainer.nnodes", V("N_NODES")),
-    K("trainer.save_freq", lambda c, p: (c.save_every or c.rounds) * c.updates_per_round, note="--save-every × µ"),
-    K("trainer.test_freq", lambda c, p: (c.eval_every or c.rounds) * c.updates_per_round,
-      note="--eval-every × µ: a loss, not pass@k"),
+    K("trainer.save_freq", lambda c, p: (c.save_every or p.rounds) * c.updates_per_round, note="--save-every × µ"),
+    K("trainer.test_freq", 5, note="the official value: a validation loss, not pass@k"),
     K("trainer.default_local_dir", V("OUTPUT_DIR")), K("trainer.project_name", V("PROJECT_NAME")),
     K("trainer.experiment_name", V("EXPERIMENT_NAME")),
     K("trainer.total_epochs", lambda c, p: p.sft_epochs, note="passes over the answers"),
-    K("trainer.total_training_steps", lambda c, p: p.sft_steps, "", note="--rounds × µ: not whole epochs"),
+    K("trainer.total_training_steps", lambda c, p: p.sft_steps, "",
+      note="--rounds × µ: not whole epochs (verl's cosine still spans total_epochs)"),
     K("+trainer.log_freq", 1), K("trainer.logger", V("LOGGER")), K("trainer.default_hdfs_dir", "null"),
 ]
 PAIRS = """\
@@ -205,14 +229,15 @@ def make_plan(c, n_train: int) -> Plan:
     if not per_epoch:
         raise ValueError(f"--export-verl: {c.train_questions} has {n_train} questions, fewer than --batch-prompts "
                          f"{c.batch_prompts}: verl's epoch would be empty")
-    epochs = math.ceil(c.rounds / per_epoch)
-    ramp = max(1.0, c.tau_s_ramp * c.rounds) / (c.rounds // epochs)  # in verl's epochs (sept_loop.tau_s_at)
+    rounds = c.rounds or c.epochs * per_epoch  # sept_loop.resolve_rounds, which runs after the export
+    epochs = math.ceil(rounds / per_epoch)
+    ramp = max(1.0, c.tau_s_ramp * rounds) / (rounds // epochs)  # in verl's epochs (sept_loop.tau_s_at)
     whole = c.tau_s_schedule == "constant" or (round(ramp) >= 1 and math.isclose(ramp, round(ramp)))
-    updates, answers = c.rounds * c.updates_per_round, n_train * c.rollouts
+    updates, answers = rounds * c.updates_per_round, n_train * c.rollouts
     sft_per_epoch = max(1, answers // (c.batch_prompts * c.rollouts // c.updates_per_round))
     sft_epochs = math.ceil(updates / sft_per_epoch)
-    return Plan("offline" if c.offline else kind, epochs, None if c.rounds == epochs * per_epoch else c.rounds,
-                max(1, round(ramp)), None if whole else max(1.0, c.tau_s_ramp * c.rounds),
+    return Plan("offline" if c.offline else kind, rounds, epochs, None if rounds == epochs * per_epoch else rounds,
+                max(1, round(ramp)), None if whole else max(1.0, c.tau_s_ramp * rounds),
                 sft_epochs, None if updates == sft_epochs * sft_per_epoch else updates)
 
 
@@ -258,19 +283,47 @@ def differences(c, p: Plan, sets: dict) -> list[str]:
     if unknown:
         out.append(f"verl's math grader knows no data_source {', '.join(unknown)}: rename them (jsonl \"source\") "
                    "or set custom_reward_function.path")
-    if (n := len(sets["train"])) % c.batch_prompts:
-        out.append(f"verl drops the last {n % c.batch_prompts} questions of each shuffled pass; sept's rounds run "
-                   "on into the next pass")
     if p.kind == "grpo" and (tau_s_end(c, p) != c.tau_s_start or not (c.couple or c.tau_t == c.tau_s_start)):
         out.append("verl's GRPO samples and trains at one τ, --tau-s-start: sept's τs schedule and τt do not apply")
+    if c.stop != "checkpoint":
+        out.append(f"--stop {c.stop} has no verl key: verl's vLLM ends answers at the checkpoint's EOS ids only "
+                   "(sept's --stop checkpoint), not at every end-of-turn token")
+    if not c.loss_group:
+        out.append("--loss-group 0 (one token-mean over each mini-batch) has no verl form: verl averages the "
+                   "token-means of micro-batches of MICRO_BATCH_PER_GPU answers (the official 4: --loss-group 4)")
     if c.offline:
-        out.append("offline: verl answers every question G times and trains at τt = 1 on all the answers (sept: "
-                   "those of --rounds), cosine to 0 (sept: --lr-schedule, --min-lr); its validation is a loss: "
-                   "evaluate the result with sept --sweep or sept/recipe/sept/tau_sweep.py")
+        out += offline_differences(c, p)
     if c.resume:
         out.append("--resume: this starts from --model; sept's checkpoints are HF folders (MODEL_PATH may name one)")
-    return out + ["--seed, --sample-batch, --micro-batch-tokens, --loss-chunk-rows, --checkpoint-every and --eps "
-                  "have no verl key; verl's AdamW has eps 1e-8 and trains under bf16 with fp32 masters, as sept"]
+    if c.eps != 1e-8:
+        out.append(f"verl's AdamW has eps 1e-8 (sept: --eps {fmt(c.eps)})")
+    return out + ["--seed, --sample-batch, --micro-batch-tokens, --loss-chunk-rows and --checkpoint-every have no "
+                  "verl key and, --seed aside, change nothing verl computes" + (
+                      "" if c.offline else "; verl trains under bf16 with fp32 masters, as sept")]
+
+
+def offline_differences(c, p: Plan) -> list[str]:
+    """Where verl's SFT recipe (generate_solutions.sh, then offline_train.sh) will not train as this --offline run."""
+    out = ["offline: verl answers every question G times (sept: those its rounds draw), keeps the answers as text "
+           "and its SFT trainer tokenizes them again (sept trains on the sampled tokens); its validation is a loss "
+           "(trainer.test_freq): evaluate the result with sept --sweep or sept/recipe/sept/tau_sweep.py",
+           "verl's SFT holds the weights in SFT_DTYPE (bf16 in the official script) and computes in bf16; sept keeps "
+           "fp32 master weights: SFT_DTYPE=fp32 is sept's"]
+    if not c.offline_eos:
+        out.append("verl's SFT ends every answer with the EOS, a cut-off one too (sept: only with --offline-eos)")
+    if c.rollouts > 1:
+        out.append("verl's SFT shuffles the answers, not the questions: an update mixes answers of more questions "
+                   "than sept's B/µ, G each")
+    if c.couple or c.tau_t != 1:
+        out.append("verl's SFT trains at τt = 1 (sept: --tau-t, --couple)")
+    if c.lr_schedule != "cosine" or c.min_lr or c.total_steps:
+        out.append("verl's SFT decays the lr by a cosine to 0 over all its steps (sept: --lr-schedule, --min-lr, "
+                   "--total-steps)")
+    if c.updates_per_round > 1:
+        out.append(f"verl's SFT moves the lr every update, sept every round (of {c.updates_per_round} updates)")
+    if c.loss_agg != "token-mean":
+        out.append(f"verl's SFT loss is a token-mean (sept: --loss-agg {c.loss_agg})")
+    return out
 
 
 def variables(c, p: Plan, out_dir: str, files: dict) -> list[tuple[str, str, str]]:
@@ -280,13 +333,15 @@ def variables(c, p: Plan, out_dir: str, files: dict) -> list[tuple[str, str, str
             ("N_GPUS", "8", "GPUs per node"), ("N_NODES", "1", "nodes"),
             ("GPU_MEMORY_UTILIZATION", "0.85" if online else "0.9", "vLLM's share of each GPU's memory"),
             ("TENSOR_PARALLEL", "1", "GPUs per vLLM copy of the model"),
-            ("MICRO_BATCH_PER_GPU", "4", "sequences per forward on one GPU (sept: tokens)"),
+            *([("MICRO_BATCH_PER_GPU", "4", "answers per log-prob forward on one GPU" if c.loss_group else
+                "answers per forward on one GPU, a token-mean of the loss each (--loss-group 0)")]
+              if online or not c.loss_group else []),
             *([("VAL_BATCH_SIZE", "256", "questions per validation batch"),
                ("USE_LIGER", "False", "Liger kernels"), ("USE_REMOVE_PADDING", "True", "packed sequences"),
                ("PARAM_OFFLOAD", "False", "FSDP parameters on the CPU"),
                ("OPTIMIZER_OFFLOAD", "False", "AdamW state on the CPU")] if online else
               [("GENERATE_BATCH_SIZE", "256", "questions per generation batch"),
-               ("SFT_DTYPE", "bf16", "the official one; at lr 1e-7 bf16 weights do not move")]),
+               ("SFT_DTYPE", "bf16", "the weights' dtype: the official bf16; fp32 is sept's")]),
             ("USE_SHM", "False", "load the model through /dev/shm"),
             ("LOGGER", "['console','swanlab']", "swanlab needs SWANLAB_API_KEY; ['console'] nothing"),
             ("PROJECT_NAME", "formal" if online else "offline-sept", "the logger's project"),

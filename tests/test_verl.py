@@ -41,13 +41,13 @@ def write_questions(path, n, source=None):
     return str(path)
 
 
-def export(tmp_path, *flags, n_train=256, rounds=6):
-    """sept_loop.main(flags --export-verl DIR) with n_train questions; by default 3 of verl's epochs (B = 128)."""
+def export(tmp_path, *flags, n_train=256, rounds=None):
+    """sept_loop.main(flags --export-verl DIR) with n_train questions; no rounds: --epochs 3 (B = 128: 6 rounds)."""
     train = write_questions(tmp_path / "deepscaler.jsonl", n_train)
     tests = ",".join(write_questions(tmp_path / f"{name}.jsonl", 3) for name in ("math500", "aime"))
     out = tmp_path / "export"
     sept_loop.main(["--model", "Qwen/Qwen2.5-Math-7B", "--train-questions", train, "--test-questions", tests,
-                    "--rounds", str(rounds), *flags, "--export-verl", str(out)])
+                    *(["--rounds", str(rounds)] if rounds else []), *flags, "--export-verl", str(out)])
     return out
 
 
@@ -88,6 +88,11 @@ def check_against(official: str, got: dict, extra=()):
     assert not wrong, f"(exported, official) values differ from {official}"
 
 
+def header(run_sh: Path) -> str:
+    """run.sh's comment lines as one line: its notes unwrapped."""
+    return " ".join(line.lstrip("# ") for line in run_sh.read_text().splitlines() if line.startswith("#"))
+
+
 def check_files(got: dict, out: Path):
     o = got["overrides"]
     data = (out / "data").resolve()
@@ -113,16 +118,30 @@ def test_paper_presets_match_the_official_scripts(preset, official, tmp_path, pa
 
 @pytest.mark.skipif(not SHARED_VERL.is_dir(), reason="../shared/verl (the official scripts' values) is absent")
 def test_offline_is_the_official_pair(tmp_path, parquet_optional):
-    # offline_train.sh's run in sept's terms: 100 rounds an epoch, 1 update of 128 answers a round, 3 of 300
-    # rounds of warmup (its warmup_steps_ratio 0.01), its lr, cosine decay, save and test frequencies
-    out = export(tmp_path, "--preset", "paper", "--offline", "--lr", "1e-5", "--updates-per-round", "1",
-                 "--lr-schedule", "cosine", "--warmup-rounds", "3", "--save-every", "50", "--eval-every", "5",
-                 n_train=12800, rounds=300)
+    # the preset is generate_solutions.sh + offline_train.sh: 3 passes of 100 rounds, each one update of 128
+    # answers in token-means of 4, warmup_steps_ratio 0.01, lr 1e-5, β2 0.95, save every 50 updates
+    out = export(tmp_path, "--preset", "paper-offline", n_train=12800)
     generate, train = launches(out / "run.sh", tmp_path)
     check_against("generate_solutions.json", generate)
-    check_against("offline_train.json", train, extra={"optim.betas"})  # sept's AdamW β2 0.999, verl SFT's 0.95
-    assert train["overrides"]["optim.betas"] == "[0.9,0.999]"
+    check_against("offline_train.json", train)
     assert generate["overrides"]["data.path"] == str((out / "data" / "train.parquet").resolve())
+    notes = header(out / "run.sh")
+    assert "SFT_DTYPE=fp32 is sept's" in notes and "tokenizes them again" in notes  # what sept cannot express
+    assert "MICRO_BATCH_PER_GPU" not in (out / "run.sh").read_text()  # --loss-group 4 is the micro-batch
+
+
+def test_offline_settings_verl_cannot_hold_are_notes(tmp_path, parquet_optional):
+    # sept's online recipe made offline: 30 rounds of µ = 2 updates, 10 of warmup, constant lr, β2 0.999
+    out = export(tmp_path, "--preset", "paper", "--offline", "--loss-group", "0", "--rollouts", "2", n_train=1280)
+    generate, train = launches(out / "run.sh", tmp_path)
+    o = train["overrides"]
+    assert o["optim.betas"] == "[0.9,0.999]" and float(o["optim.warmup_steps_ratio"]) == 10 / 30
+    assert (o["data.micro_batch_size_per_gpu"], o["data.train_batch_size"]) == ("4", "128")  # the variable; B·G/µ
+    assert generate["overrides"]["data.n_samples"] == "2"
+    notes = header(out / "run.sh")
+    for note in ("only with --offline-eos", "shuffles the answers, not the questions", "cosine to 0",
+                 "every round (of 2 updates)", "--loss-group 0 (one token-mean over each mini-batch) has no verl form"):
+        assert note in notes
 
 
 def test_rounds_that_are_not_whole_epochs(tmp_path, parquet_optional):
@@ -134,14 +153,46 @@ def test_rounds_that_are_not_whole_epochs(tmp_path, parquet_optional):
     assert "verl's warmup starts at 0" in text and "not whole epochs" in text
 
 
+@pytest.mark.parametrize("flags, epochs, steps", [((), "3", None), (("--epochs", "2"), "2", None),
+                                                 (("--rounds", "4"), "2", None), (("--rounds", "3"), "2", "3")])
+def test_length_from_epochs_or_rounds(flags, epochs, steps, tmp_path, parquet_optional):
+    o = launches(export(tmp_path, "--preset", "paper", *flags) / "run.sh", tmp_path)[0]["overrides"]
+    assert (o["trainer.total_epochs"], o.get("trainer.total_training_steps")) == (epochs, steps)
+
+
+def test_loss_group_clip_and_stop(tmp_path, parquet_optional):
+    out = export(tmp_path, "--preset", "paper-grpo", "--loss-group", "8", "--clip-ratio-c", "10", "--stop", "turn")
+    o = launches(out / "run.sh", tmp_path)[0]["overrides"]
+    assert o["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"] == "8"  # --loss-group
+    assert o["actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu"] == "4"  # MICRO_BATCH_PER_GPU: speed
+    assert o["actor_rollout_ref.actor.clip_ratio_c"] == "10.0"
+    assert "--stop turn has no verl key" in header(out / "run.sh")
+
+
+def test_loss_group_0_is_the_machines_micro_batch(tmp_path, parquet_optional):
+    out = export(tmp_path, "--preset", "paper", "--loss-group", "0")
+    o = launches(out / "run.sh", tmp_path)[0]["overrides"]
+    assert o["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"] == "4"  # MICRO_BATCH_PER_GPU's default
+    assert "--loss-group 0 (one token-mean over each mini-batch) has no verl form" in header(out / "run.sh")
+    assert "clip_ratio_c" not in (out / "run.sh").read_text()  # SePT's script: no policy-gradient keys
+
+
 def test_toy_export_and_its_notes(tmp_path, parquet_optional):
     sept_loop.main(["--export-verl", str(tmp_path / "v")])  # the docstring's CPU command: the toy world
-    text = (tmp_path / "v" / "run.sh").read_text()
-    header = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))  # unwrapped
-    assert "python3 -m recipe.sept.main_sept" in text and "not sept's toy prompt" in header
-    assert "knows no data_source toy-test" in header  # verl could not grade the toy's test set
+    text, notes = (tmp_path / "v" / "run.sh").read_text(), header(tmp_path / "v" / "run.sh")
+    assert "python3 -m recipe.sept.main_sept" in text and "not sept's toy prompt" in notes
+    assert "knows no data_source toy-test" in notes  # verl could not grade the toy's test set
     [got] = launches(tmp_path / "v" / "run.sh", tmp_path)
     assert got["overrides"]["actor_rollout_ref.rollout.tau_s_annealing.end_tau"] == "0.6"  # constant τs
+
+
+def test_toy_offline_export(tmp_path, parquet_optional):
+    sept_loop.main(["--preset", "toy-offline", "--export-verl", str(tmp_path / "v")])
+    generate, train = launches(tmp_path / "v" / "run.sh", tmp_path)
+    o = train["overrides"]
+    assert (o["data.train_batch_size"], o["data.micro_batch_size_per_gpu"]) == ("32", "4")  # B·G/µ = 256 / 8
+    assert (o["trainer.total_epochs"], o["trainer.total_training_steps"]) == ("1", "80")  # 10 rounds × µ
+    assert "every round (of 8 updates)" in header(tmp_path / "v" / "run.sh")
 
 
 @pytest.mark.skipif(not HAVE_PYARROW, reason="needs pyarrow")
