@@ -417,10 +417,10 @@ def main(argv=None):
     if ckpt:
         runs.load_optimizer(optimizer, os.path.join(ckpt, "optimizer.safetensors"))
         print(f"resuming {cfg.out} after round {start} ({ckpt})")
-    stop_ids = {tokenizer.decode([i]): i for i in tokenizer.stop_ids}
+    resolved = dict(stop_ids={tokenizer.decode([i]): i for i in tokenizer.stop_ids})
     print("config " + json.dumps(asdict(cfg)))
-    print(f"answers end at {stop_ids} (--stop {cfg.stop})")
-    runs.start_run(cfg.out, dict(asdict(cfg), resolved=dict(stop_ids=stop_ids)), start if ckpt else -1)
+    print(f"answers end at {resolved['stop_ids']} (--stop {cfg.stop})")
+    runs.start_run(cfg.out, dict(asdict(cfg), resolved=resolved), start if ckpt else -1)
     if cfg.sweep:
         return sweep(cfg, sampler, tokenizer, test_sets)
     if start == 0:
@@ -455,6 +455,9 @@ def main(argv=None):
                                              seed_for(cfg, "shuffle", r), f"round {r} train",
                                              None if advantages is None else [advantages[k] for k in kept])
         stop_if_not_finite(steps, r, cfg)
+        if rcfg.micro_batch_tokens < cfg.micro_batch_tokens:  # memory ran out: the smaller size, from now on
+            cfg.micro_batch_tokens = rcfg.micro_batch_tokens
+            runs.write_json(os.path.join(cfg.out, "config.json"), dict(asdict(cfg), resolved=resolved))
         # 4. refresh the sampling copy: the next round samples from the updated model
         train.refresh_sampler(master, sampler)
         t3 = time.time()
@@ -487,3 +490,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt:  # Ctrl-C: what the run keeps and the command that continues it, not a traceback
         print("\n" + runs.interrupted(resolve_config().out, f"python {sys.argv[0]}"), file=sys.stderr)
         sys.exit(130)
+    except train.AnswerTooLong as e:  # memory: the same, with what to lower
+        sys.exit(f"error: {e}\n" + runs.interrupted(resolve_config().out, f"python {sys.argv[0]}"))

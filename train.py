@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 import typing
 from dataclasses import asdict, dataclass, fields
@@ -339,10 +340,16 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
                              weight_decay=cfg.weight_decay, fused=params[0].device.type == "cuda" or None)
 
 
+class AnswerTooLong(RuntimeError):
+    """One answer alone does not fit in the device's memory: training cannot go on at this length."""
+
+
 def train_step(model: Transformer, optimizer: torch.optim.AdamW, pairs: list[Pair], step: int,
                cfg: TrainConfig, policy: PolicyTargets | None = None) -> dict:
     """ONE optimizer update on `pairs` (`step`: the index of the lr schedule, 0, 1, ...; `policy`: GRPO's).
-    Returns {loss, grad_norm (before clipping), lr, tokens (response), seq_tokens, skipped, seconds, tok_per_s}."""
+    Returns {loss, grad_norm (before clipping), lr, tokens (response), seq_tokens, skipped, seconds, tok_per_s,
+    micro_batch_tokens}. Out of memory, it halves cfg.micro_batch_tokens (in place: the caller keeps the smaller
+    size) and redoes the update from scratch, down to one answer per micro-batch (then AnswerTooLong)."""
     t0 = time.perf_counter()
     # 1. the lr of this step, written into the optimizer
     lr = lr_at(step, cfg)
@@ -350,8 +357,13 @@ def train_step(model: Transformer, optimizer: torch.optim.AdamW, pairs: list[Pai
         group["lr"] = lr
     # 2. forward + backward over micro-batches; each token's weight comes from the whole update's batch
     model.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_and_grad(model, pairs, cfg, policy)
+    while True:
+        optimizer.zero_grad(set_to_none=True)  # a failed try's partial gradients go
+        try:
+            loss = loss_and_grad(model, pairs, cfg, policy)
+            break
+        except torch.OutOfMemoryError:
+            fit_less(pairs, cfg)
     # 3. global-norm clipping (returns the norm before clipping)
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
@@ -366,7 +378,22 @@ def train_step(model: Transformer, optimizer: torch.optim.AdamW, pairs: list[Pai
     seconds = time.perf_counter() - t0
     seq_tokens = sum(len(p) + len(r) for p, r in pairs)
     return dict(loss=loss, grad_norm=grad_norm, lr=lr, tokens=sum(len(r) for _, r in pairs), seq_tokens=seq_tokens,
-                skipped=skipped, seconds=seconds, tok_per_s=seq_tokens / seconds)
+                skipped=skipped, seconds=seconds, tok_per_s=seq_tokens / seconds,
+                micro_batch_tokens=cfg.micro_batch_tokens)
+
+
+def fit_less(pairs: list[Pair], cfg: TrainConfig) -> None:
+    """After an out-of-memory error: half the micro-batch (the same update, summed in more pieces: equal up to
+    rounding). When each micro-batch already holds one answer, the longest cannot fit: AnswerTooLong."""
+    lens = [len(p) + len(r) - 1 for p, r in pairs]
+    if all(len(group) == 1 for group in micro_batches(lens, cfg.micro_batch_tokens)):
+        raise AnswerTooLong(f"out of memory with one answer per micro-batch: an answer of {max(lens) + 1} tokens "
+                            f"(prompt + response) does not fit alone; lower --max-response-tokens")
+    cfg.micro_batch_tokens = max(1, cfg.micro_batch_tokens // 2)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the failed try's blocks back to the device before the smaller one
+    print(f"train: out of memory; micro-batches of at most {cfg.micro_batch_tokens} tokens from now on",
+          file=sys.stderr)
 
 
 def make_sampler(master: Transformer, dtype: torch.dtype) -> Transformer:

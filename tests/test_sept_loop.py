@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import sept_loop
 
@@ -335,3 +336,46 @@ def test_stop_rule_is_resolved_printed_and_saved(make_checkpoint, tmp_path, caps
     sept_loop.main(args + ["--stop", "turn"])
     saved = json.load(open(tmp_path / "turn" / "config.json"))["resolved"]["stop_ids"]
     assert set(saved) == {"<|endoftext|>", "<|im_end|>"} and "(--stop turn)" in capsys.readouterr().out
+
+
+def test_an_answer_too_long_for_memory_keeps_the_checkpoint_and_says_how_to_resume(make_checkpoint, tmp_path):
+    """From round 2 on the device holds 2 positions per training forward (simulated): the micro-batches halve down
+    to one answer, which still does not fit; one line says what to lower, one how to continue."""
+    out = str(tmp_path / "run")
+    args = tiny_run_args(make_checkpoint, tmp_path, "run", "--eval-every", "0")
+    code = f"""
+import runpy, sys, torch, train
+real_step = train.train_step
+def train_step(model, optimizer, pairs, step, cfg, policy=None):
+    if step >= 1 and "limited" not in vars(model):
+        real = model.hidden_states
+        def limited(ids, *a, **kw):
+            if torch.is_grad_enabled() and ids.numel() > 2:
+                raise torch.OutOfMemoryError("simulated")
+            return real(ids, *a, **kw)
+        model.hidden_states = model.limited = limited
+    return real_step(model, optimizer, pairs, step, cfg, policy)
+train.train_step = train_step
+sys.argv = ["sept_loop.py", *{args!r}]
+runpy.run_path("sept_loop.py", run_name="__main__")
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    error, how = r.stderr.strip().splitlines()[-2:]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert error.startswith("error: out of memory with one answer per micro-batch: an answer of ") and error.endswith(
+        "does not fit alone; lower --max-response-tokens")
+    assert how == f"interrupted: {out}/checkpoints/last holds round 1; continue with: python sept_loop.py --resume {out}"
+
+
+def test_out_of_memory_in_training_keeps_the_smaller_micro_batch(make_checkpoint, tmp_path, monkeypatch):
+    real = sept_loop.model_lib.Transformer.hidden_states
+
+    def limited(self, input_ids, *args, **kw):  # a device that holds 40 positions per training forward
+        if torch.is_grad_enabled() and input_ids.numel() > 40:
+            raise torch.OutOfMemoryError("simulated")
+        return real(self, input_ids, *args, **kw)
+    monkeypatch.setattr(sept_loop.model_lib.Transformer, "hidden_states", limited)
+    sept_loop.main(tiny_run_args(make_checkpoint, tmp_path, "run", "--rounds", "2", "--eval-every", "0"))
+    saved = json.load(open(tmp_path / "run" / "config.json"))["micro_batch_tokens"]
+    assert saved <= 40 and sept_loop.resolve_config(["--resume", str(tmp_path / "run")]).micro_batch_tokens == saved
+    assert [m["round"] for m in read_metrics(tmp_path / "run")] == [0, 1, 2, 2]
