@@ -209,7 +209,7 @@ def sampling_rows(cfg: BenchConfig, dev, report: dict) -> list:
     if dev.type == "cuda" and not cfg.quick:
         qwen = (cfg.gpu_prompt_tokens, cfg.gpu_new_tokens, cfg.decode_context)
         rows += [(f"qwen2.5-1.5b b{B}", functools.partial(row, "qwen2.5-1.5b", int(B), *qwen))
-                 for B in cfg.gpu_sizes.split(",")]
+                 for B in cfg.gpu_sizes.split(",") if B]
     return rows
 
 
