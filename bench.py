@@ -1,6 +1,6 @@
 """bench.py — how fast: sampler, attention kernels, training step and SePT round, against peers and the hardware.
 
-    python bench.py --quick --threads 1           # smoke test: tiny sizes, seconds on a CPU
+    python bench.py --quick --threads 1           # smoke test: the toy's sizes, seconds on a CPU
     python bench.py --threads 1                   # CPU: the toy and a SmolLM-135M shape, ~4 minutes on 2 cores
     python bench.py --only kernels,sampling --gpu-sizes 1,128,256 --decode-context 2048    # one GPU
     bash tests/gpu.sh                             # the GPU tests, then this bench at GPU sizes
@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -30,15 +31,17 @@ import runs
 import sample
 import train
 import triton_kernels as tk
+from data import prompts, questions
+from data.prompts import load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-STARTED = time.perf_counter()
+SECTIONS = ("sampling", "lengths", "kernels", "training", "round")
 
 
 @dataclass
 class BenchConfig:
-    only: str = "sampling,lengths,kernels,training,round"  # sections to run, in this order
-    quick: bool = False                 # tiny sizes everywhere (the smoke test)
+    only: str = ",".join(SECTIONS)       # sections to run, in this order
+    quick: bool = False                 # the toy's sizes everywhere (the smoke test)
     out: str = "bench.json"             # the JSON report
     device: str = "auto"                # auto = cuda when available, else cpu
     threads: int = 0                    # torch CPU threads; 0 = torch's default, as sept_loop runs (see main)
@@ -50,13 +53,11 @@ class BenchConfig:
     decode_context: int = 0             # cached tokens for the 1.5B decode-step timing (0 = the rows' mean context)
     ragged_cap: int = 3072              # answer cap of the 1.5B lengths row (the paper's max response length)
     peak_tflops: float = 0.0            # dense bf16 peak for MFU, TFLOP/s (0 = from the GPU's name)
-    budget_s: float = 0.0               # start no new row after this many seconds (0 = no limit)
 
 
 # Architectures with random weights (the toy is read from its checkpoint), ModelConfig's first fields in order:
 # model_type, vocab_size, hidden_size, intermediate_size, layers, attention heads, key/value heads, head_dim.
-SHAPES = {"tiny": model_lib.ModelConfig("llama", 512, 64, 128, 2, 4, 2, 16, tie_word_embeddings=True),
-          "smollm-135m": model_lib.ModelConfig("llama", 49152, 576, 1536, 30, 9, 3, 64, rms_norm_eps=1e-5,
+SHAPES = {"smollm-135m": model_lib.ModelConfig("llama", 49152, 576, 1536, 30, 9, 3, 64, rms_norm_eps=1e-5,
                                                tie_word_embeddings=True),
           "qwen2.5-1.5b": model_lib.ModelConfig("qwen2", 151936, 1536, 8960, 28, 12, 2, 128, rope_theta=1e6,
                                                 attention_bias=True, max_position_embeddings=32768,
@@ -67,12 +68,16 @@ PEAK_BF16 = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100"
 
 # Timing, models, and the report. --------------------------------------------------------------------------
 
+def sync(dev) -> None:  # CUDA runs asynchronously: wait for it before reading a clock
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def seconds(fn, dev) -> float:
-    sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
-    sync()
+    sync(dev)
     t0 = time.perf_counter()
     fn()
-    sync()
+    sync(dev)
     return time.perf_counter() - t0
 
 
@@ -122,27 +127,22 @@ def random_prompts(n: int, length: int, vocab: int) -> list[list[int]]:
     return torch.randint(3, vocab, (n, length), generator=torch.Generator().manual_seed(0)).tolist()
 
 
-def toy_prompts(path: str, n: int, per_question: int = 1, split: str = "test") -> list[list[int]]:
-    """The first n questions of the toy's split in its template, each per_question times."""
-    from data import prompts as prompt_lib, questions
-    tok, qs = prompt_lib.load_tokenizer(path), questions.load_questions(os.path.join(path, f"{split}.jsonl"))
-    return [tok.encode(prompt_lib.build_prompt(qs[i % len(qs)].problem, "toy")) for i in range(n)
-            for _ in range(per_question)]
+def toy_prompts(path: str, n: int, split: str = "test") -> list[list[int]]:
+    """The first n questions of the toy's split in its template."""
+    tok, qs = load_tokenizer(path), questions.load_questions(os.path.join(path, f"{split}.jsonl"))
+    return [tok.encode(prompts.build_prompt(q.problem, "toy")) for q in qs[:n]]
 
 
 def run_row(report: dict, cfg: BenchConfig, section: str, name: str, fn):
     """fn() returns a row (dict) or rows, printed and saved; an exception becomes the row's error."""
-    if cfg.budget_s and time.perf_counter() - STARTED > cfg.budget_s:
-        rows = [dict(name=name, skipped=f"--budget-s {cfg.budget_s:g} spent")]
-    else:
-        try:
-            out = fn()
-            rows = [r if "name" in r else dict(name=name, **r) for r in (out if isinstance(out, list) else [out])]
-        except (Exception, SystemExit) as e:  # reported in the JSON and the printed line, never hidden
-            rows = [dict(name=name, error=f"{type(e).__name__}: {e}"[:400])]
-        gc.collect()  # after the except clause, when no exception holds the failed frames' memory
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    try:
+        out = fn()
+        rows = [r if "name" in r else dict(name=name, **r) for r in (out if isinstance(out, list) else [out])]
+    except (Exception, SystemExit) as e:  # reported in the JSON and the printed line, never hidden
+        rows = [dict(name=name, error=f"{type(e).__name__}: {e}"[:400])]
+    gc.collect()  # after the except clause, when no exception holds the failed frames' memory
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     for r in rows:
         print(f"{section:<9} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in r.items()), flush=True)
@@ -152,25 +152,14 @@ def run_row(report: dict, cfg: BenchConfig, section: str, name: str, fn):
 
 # 1. Sampling: tokens/s against transformers, and the decode step against the bandwidth limit. -------------
 
-@torch.inference_mode()
-def decode_seconds(net, batch: int, context: int, steps: int, warm: int = 3) -> tuple[float, float]:
-    """(seconds per decode step, mean cached tokens) of generate's decode step and sampler on a cache of `context`
-    tokens (zeros: the values do not change the work). bench's one use of sample's internals."""
-    dev = net.head_weight.device
-    graph = dev.type == "cuda" and model_lib.attention_backend(dev) == "triton"
-    cache = model_lib.new_kv_cache(net.config, batch, context + warm + steps + 1, net.head_weight.dtype, dev)
-    cache.lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
-    cache.filled = cache.k.shape[3] if graph else context
-    decode, running = sample.decode_function(net, cache, graph), torch.zeros(batch, dtype=torch.bool, device=dev)
-    tokens, g = torch.zeros(batch, dtype=torch.long, device=dev), torch.Generator(device=dev).manual_seed(0)
-
-    def step():
-        nonlocal tokens
-        tokens = sample.sample_next(sample.decode_step(decode, cache, tokens, running), 1.0, 1.0, g)
-
-    for _ in range(warm):
-        step()
-    return seconds(lambda: [step() for _ in range(steps)], dev) / steps, context + warm + (steps + 1) / 2
+def decode_step_seconds(net, B: int, context: int, steps: int, reps: int, dev) -> float:
+    """Seconds per decode step at `context` cached tokens, as generate runs them (host checks included): B
+    prompts of `context` random tokens given 1 + steps new tokens, less the same given 1 (the prefill alone)."""
+    prompts = random_prompts(B, context, net.config.vocab_size)
+    gen = functools.partial(sample.generate, net, prompts, temperature=1.0, seed=0)
+    gen(max_new_tokens=2)  # warm-up (on CUDA the graph's capture)
+    t = interleaved({"one": lambda: gen(max_new_tokens=1), "more": lambda: gen(max_new_tokens=1 + steps)}, reps, dev)
+    return (t["more"] - t["one"]) / steps
 
 
 def sampling_row(cfg: BenchConfig, dev, copy: float, name: str, B: int, P: int, new_tokens: int,
@@ -185,36 +174,28 @@ def sampling_row(cfg: BenchConfig, dev, copy: float, name: str, B: int, P: int, 
     ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=dev)
     mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=dev)
     gens = {"sept": lambda n: sample.generate(net, prompts, max_new_tokens=n, temperature=1.0, seed=0),
-            "hf": lambda n: twin.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                                          max_new_tokens=n, min_new_tokens=n, eos_token_id=None, pad_token_id=0)}
+            "hf": lambda n: twin.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
+                                          top_k=0, max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
+                                          pad_token_id=0)}
     for gen in gens.values():
         gen(2)  # warm-up: kernels compiled, allocator and thread pool primed
-    t = interleaved({k: functools.partial(gen, new_tokens) for k, gen in gens.items()}, 1 if cuda else cfg.reps, dev)
-    step_s, mean_context = decode_seconds(net, B, context or P + new_tokens // 2, 20 if cuda else 2 if cfg.quick else 8)
+    reps = 1 if cuda else cfg.reps
+    t = interleaved({k: functools.partial(gen, new_tokens) for k, gen in gens.items()}, reps, dev)
+    context = context or P + new_tokens // 2
+    step_s = decode_step_seconds(net, B, context, 20 if cuda else 2 if cfg.quick else 8, reps, dev)
     # what a step must read: every weight once (an untied embedding is a lookup of B rows, left out; a tied one is
     # read whole as the head), and K and V of every cached token
-    weights = sum(p.numel() for p in net.parameters()) - (0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size)
-    kv = 2 * c.num_hidden_layers * B * mean_context * c.num_key_value_heads * c.head_dim
+    weights = sum(p.numel() for p in net.parameters())
+    weights -= 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
+    kv = 2 * c.num_hidden_layers * B * context * c.num_key_value_heads * c.head_dim
     gb_s = net.head_weight.element_size() * (weights + kv) / step_s / 1e9
     return dict(dtype=str(net.head_weight.dtype).removeprefix("torch."), batch=B, prompt_tokens=P,
                 new_tokens=new_tokens, sept_tok_s=B * new_tokens / t["sept"], hf_tok_s=B * new_tokens / t["hf"],
-                speedup_vs_hf=t["hf"] / t["sept"], decode_ms=1e3 * step_s, decode_context=round(mean_context),
+                speedup_vs_hf=t["hf"] / t["sept"], decode_ms=1e3 * step_s, decode_context=context,
                 decode_gb_s=gb_s, roofline_frac=gb_s / copy)
 
 
-def sampling_rows(cfg: BenchConfig, dev, report: dict) -> list:
-    row = functools.partial(sampling_row, cfg, dev, report["machine"]["copy_gb_s"])
-    # name, batch, prompt tokens (the toy: its questions'), new tokens
-    cases = [("toy", 8, 0, 8), ("tiny", 2, 8, 8)] if cfg.quick else [("toy", 64, 0, 48), ("smollm-135m", 16, 32, 64)]
-    rows = [(case[0], functools.partial(row, *case)) for case in cases]
-    if dev.type == "cuda" and not cfg.quick:
-        qwen = (cfg.gpu_prompt_tokens, cfg.gpu_new_tokens, cfg.decode_context)
-        rows += [(f"qwen2.5-1.5b b{B}", functools.partial(row, "qwen2.5-1.5b", int(B), *qwen))
-                 for B in cfg.gpu_sizes.split(",") if B]
-    return rows
-
-
-# 2. Lengths: throughput at SePT's answer lengths, and the toy's evaluation. -------------------------------
+# 2. Lengths: throughput at SePT's answer lengths. ---------------------------------------------------------
 
 def ragged_row(cfg: BenchConfig, dev, reps: int, name: str, n: int, rows: int, prompt_tokens: int, cap: int) -> dict:
     """Useful tokens/s of n answers of SePT-like lengths (per-prompt budgets: random weights never stop) in static
@@ -240,89 +221,43 @@ def ragged_row(cfg: BenchConfig, dev, reps: int, name: str, n: int, rows: int, p
     return row
 
 
-def toy_eval_row(cfg: BenchConfig, dev) -> dict:
-    """The toy's evaluation as sept_loop.evaluate samples it (the toy preset): each of the 200 test questions 32
-    times at τ = 1, up to 64 tokens, one stream of 2,048 rows."""
-    import sept_loop
-    from data import prompts as prompt_lib
-    scfg = sept_loop.SePTConfig(**sept_loop.PRESETS["toy"])
-    ids = toy_prompts(cfg.toy, 8 if cfg.quick else 200, scfg.eval_n)
-    draw = functools.partial(sept_loop.draw_answers, load_net(cfg, dev, "toy"), ids, tau=scfg.eval_temperature,
-                             max_new_tokens=scfg.max_response_tokens, top_p=1.0, batch=scfg.sample_batch, seed=0,
-                             stop_ids=prompt_lib.load_tokenizer(cfg.toy).stop_ids)
-    times = []
-    for _ in range(1 if cfg.quick else cfg.reps):
-        t0 = time.perf_counter()
-        answers, _ = draw()  # host lists: synchronized
-        times.append(time.perf_counter() - t0)
-    tokens, s = sum(map(len, answers)), statistics.median(times)
-    return dict(answers=len(ids), tokens=tokens, seconds=s, tok_s=tokens / s)
-
-
-def lengths_rows(cfg: BenchConfig, dev, report: dict) -> list:
-    cuda = dev.type == "cuda"
-    if cfg.quick:  # name, prompts, rows (on CUDA the paper preset's), prompt tokens, answer cap
-        cases = [("tiny", 16, 4, 8, 16)]
-    elif cuda:
-        cases = [("qwen2.5-1.5b", 1024, 256, 160, cfg.ragged_cap)]
-    else:  # budgets scaled down: 3,072 / 32 fits the toy's context of 128, / 48 the 135M shape's row
-        cases = [("toy", 1024, 256, 16, 96), ("smollm-135m", 32, 8, 32, 64)]
-    reps = 1 if cuda or cfg.quick else cfg.reps
-    rows = [(f"ragged {case[0]}", functools.partial(ragged_row, cfg, dev, reps, *case)) for case in cases]
-    return rows + [("toy-eval", functools.partial(toy_eval_row, cfg, dev))]
-
-
 # 3. Kernels: Triton attention against torch SDPA (its flash backend); GQA 6:1, head_dim 128. ----------------
 
-def sdpa(q, k, v, causal: bool):
-    """torch SDPA as model.attention calls it ([B, H, T, D] views of [B, T, H, D]); the flash backend on CUDA."""
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION) if q.is_cuda else contextlib.nullcontext():
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+def kernel_row(dev, copy: float, reps: int, kind: str, B: int, T: int) -> dict:
+    """One prefill over B prompts of T tokens, or one decode step of B rows over a cache of T tokens."""
+    cuda, Hq, Hkv, D = dev.type == "cuda", 12, 2, 128
+    randn = functools.partial(torch.randn, device=dev, dtype=torch.bfloat16 if cuda else torch.float32)
+    q = randn(B, T if kind == "prefill" else 1, Hq, D)  # a decode step: one new query per row
+    k, v = randn(B, T, Hkv, D), randn(B, T, Hkv, D)
+    if kind == "prefill":
+        ours = functools.partial(tk.attention_prefill, q, k, v)
+    else:
+        lens = torch.full((B,), T, device=dev, dtype=torch.int32)
+        ours = functools.partial(tk.attention_decode, q[:, 0], k, v, lens)
+    row = dict(kind=kind, batch=B, seq=T, triton_ms=kernel_ms(ours, dev, reps))
+    if cuda and kind == "decode":  # one split per (row, kv head): what flash-decoding's splits buy at small batch
+        row["triton_1split_ms"] = kernel_ms(functools.partial(ours, num_splits=1), dev)
 
-
-def kernel_rows(cfg: BenchConfig, dev, report: dict) -> list:
-    cuda, copy, reps = dev.type == "cuda", report["machine"]["copy_gb_s"], 2 if cfg.quick else 5
-    dtype, Hq, Hkv, D = (torch.bfloat16 if cuda else torch.float32), 12, 2, 128
-    lens = [32] if cfg.quick else [512, 1024, 2048, 4096, 8192] if cuda else [128, 256]  # prompt or cache
-    batches = [1] if cfg.quick else [1, 16, 64] if cuda else [1, 4]
-    note = dict(sdpa_backend="flash") if cuda else dict(sdpa_backend="default backend",
-                                                        note="CPU: the Triton wrappers run their PyTorch references")
-    randn = functools.partial(torch.randn, device=dev, dtype=dtype)
-
-    def prefill(T):
-        B = max(1, 16384 // T) if cuda else 1  # ~16k tokens per call at every length
-        q, k, v = randn(B, T, Hq, D), randn(B, T, Hkv, D), randn(B, T, Hkv, D)
-        ours = kernel_ms(functools.partial(tk.attention_prefill, q, k, v), dev, reps)
-        theirs = kernel_ms(functools.partial(sdpa, *(x.transpose(1, 2) for x in (q, k, v)), True), dev, reps)
-        flops = 4 * B * Hq * T * T * D / 2  # QKᵀ and PV, halved by causality
-        return dict(kind="prefill", batch=B, seq=T, triton_ms=ours, sdpa_ms=theirs, speedup_vs_sdpa=theirs / ours,
-                    tflops=flops / ours / 1e9, **note)
-
-    def decode(B, S):
-        q, kc, vc = randn(B, Hq, D), randn(B, S, Hkv, D), randn(B, S, Hkv, D)
-        ours = functools.partial(tk.attention_decode, q, kc, vc, torch.full((B,), S, dtype=torch.int32, device=dev))
-        row = dict(kind="decode", batch=B, seq=S, triton_ms=kernel_ms(ours, dev, reps))
-        if cuda:  # one split per (row, kv head): what flash-decoding's splits buy at small batch, long cache
-            row["triton_1split_ms"] = kernel_ms(functools.partial(ours, num_splits=1), dev)
-        theirs = functools.partial(sdpa, q[:, :, None], kc.transpose(1, 2), vc.transpose(1, 2), False)
-        row["sdpa_ms"] = kernel_ms(theirs, dev, reps)
-        gb_s = 2 * kc.nbytes / row["triton_ms"] / 1e6  # K and V, each read once
-        return dict(row, speedup_vs_sdpa=row["sdpa_ms"] / row["triton_ms"], kv_gb_s=gb_s,
-                    kv_frac_of_copy=gb_s / copy, **note)
-
-    rows = [(f"prefill {Hq}:{Hkv}x{D} T{T}", functools.partial(prefill, T)) for T in lens]
-    for B in batches:
-        rows += [(f"decode {Hq}:{Hkv}x{D} b{B} S{S}", functools.partial(decode, B, S)) for S in lens]
-    return rows
+    def sdpa():  # torch's, on the [B, H, T, D] views model.attention passes it; its flash backend on CUDA
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION) if cuda else contextlib.nullcontext():
+            F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), is_causal=kind == "prefill",
+                                           enable_gqa=True)
+    row["sdpa_ms"] = kernel_ms(sdpa, dev, reps)
+    row["speedup_vs_sdpa"] = row["sdpa_ms"] / row["triton_ms"]
+    if kind == "prefill":  # QKᵀ and PV, halved by causality
+        row["tflops"] = 4 * B * Hq * T * T * D / 2 / row["triton_ms"] / 1e9
+    else:  # K and V, each read once
+        row["kv_gb_s"] = 2 * k.nbytes / row["triton_ms"] / 1e6
+        row["kv_frac_of_copy"] = row["kv_gb_s"] / copy
+    return dict(row, sdpa_backend="flash" if cuda else "default backend",
+                **{} if cuda else dict(note="CPU: the Triton wrappers run their PyTorch references"))
 
 
 # 4. Training: one AdamW update of train.train_step against a plain transformers step. ---------------------
 
 def train_flops(cfg: model_lib.ModelConfig, n_params: int, seq_lens: list[int]) -> float:
-    """Model FLOPs of one update: 6·N per token (forward 2·N, backward 4·N; N counts every matrix that is
-    multiplied: the head, tied or not, but not an untied embedding, which is a lookup) plus causal attention,
-    6·L·Hq·D·T² per sequence (QKᵀ and PV: 2·2·T²·D per head forward, halved by causality, ×3 with backward).
-    Recomputation under activation checkpointing is not counted: this is MFU, not hardware utilization."""
+    """Model FLOPs of one update (MFU's: no recomputation): 6·N per token, N every multiplied matrix (the head,
+    not an untied embedding: a lookup), plus causal attention, 6·L·Hq·D·T² per sequence (QKᵀ and PV, halved)."""
     matmul = n_params - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
     attn = 6 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * sum(T * T for T in seq_lens)
     return 6 * matmul * sum(seq_lens) + attn
@@ -355,85 +290,68 @@ def trainer(impl: str, net, pairs, ckpt: bool):
 def train_rows(cfg: BenchConfig, dev, peak, reps: int, impls: list[str], name: str, n: int, P: int, R: int,
                ckpt: bool) -> list[dict]:
     """A row per impl: one update on n pairs of P prompt and R response tokens (random)."""
-    nets = {k: load_net(cfg, dev, name, torch.float32) for k in impls}
-    net = nets[impls[0]]
-    pairs = [(a[:P], a[P:]) for a in random_prompts(n, P + R, net.config.vocab_size)]
-    steps = {k: trainer(k, nets[k], pairs, ckpt) for k in impls}
+    steps = {}
+    for k in impls:  # transformers' step keeps only its twin: our copy is not in its peak memory
+        net = load_net(cfg, dev, name, torch.float32)
+        pairs = [(a[:P], a[P:]) for a in random_prompts(n, P + R, net.config.vocab_size)]
+        flops = train_flops(net.config, sum(p.numel() for p in net.parameters()), [P + R - 1] * n)
+        steps[k] = trainer(k, net, pairs, ckpt)
+        del net
     for step in steps.values():
         step()  # warm-up: AdamW state allocated, kernels compiled
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t, tokens = interleaved(steps, reps, dev), n * (P + R)
-    flops = train_flops(net.config, sum(p.numel() for p in net.parameters()), [P + R - 1] * n)
-    return [dict(impl=k, ckpt=ckpt, pairs=n, seq_tokens=tokens, step_s=s, tok_s=tokens / s,
-                 tflops=flops / s / 1e12, mfu=flops / s / 1e12 / peak if peak else None,
-                 peak_gb=torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else None) for k, s in t.items()]
+    peak_gb = torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else None
+    return [dict(impl=k, ckpt=ckpt, pairs=n, seq_tokens=tokens, step_s=s, tok_s=tokens / s, tflops=flops / s / 1e12,
+                 mfu=flops / s / 1e12 / peak if peak else None, peak_gb=peak_gb) for k, s in t.items()]
 
 
-def training_rows(cfg: BenchConfig, dev, report: dict) -> list:
-    cuda, impls = dev.type == "cuda", ["sept", "transformers"]
-    if cuda and not cfg.quick:  # name, pairs, prompt and response tokens (the paper's), activation checkpointing
-        cases = [("qwen2.5-1.5b", 4, 1024, 3072, ckpt) for ckpt in (True, False)]
-    else:
-        cases = [("toy", 2, 8, 8, False) if cfg.quick else ("toy", 16, 16, 48, False)]
-    # on CUDA one at a time (two 1.5B models with their AdamW state crowd one GPU), on the CPU interleaved
-    groups = [[k] for k in impls] if cuda else [impls]
-    reps = 2 if cuda else 1 if cfg.quick else cfg.reps
-    row = functools.partial(train_rows, cfg, dev, report["machine"]["peak_tflops"], reps)
-    return [(f"{case[0]} ckpt={'on' if case[-1] else 'off'} {'+'.join(group)}", functools.partial(row, group, *case))
-            for case in cases for group in groups]
+# 5. A whole SePT round: sept_loop's own, on the toy (its metrics line times the sampling and the training).
 
-
-# 5. A whole SePT round, through the steps sept_loop.main takes: draw_answers, train_on_answers, refresh_sampler.
-
-def round_row(cfg: BenchConfig, dev, name: str) -> dict:
-    """The toy preset's round 1 on the toy, or the paper preset's on the 1.5B shape with random prompts."""
+def round_row(cfg: BenchConfig, dev) -> dict:
+    """`python sept_loop.py --rounds 1`, the toy preset (with evaluations of one answer, before and after)."""
     import sept_loop
-    from data import prompts as prompt_lib
-    if name == "toy":
-        quick = dict(batch_prompts=8, max_response_tokens=8) if cfg.quick else {}
-        scfg = sept_loop.SePTConfig(**dict(sept_loop.PRESETS["toy"], **quick))
-        prompts = toy_prompts(cfg.toy, scfg.batch_prompts, split="train")
-        stop_ids = prompt_lib.load_tokenizer(cfg.toy).stop_ids
-        note = "the toy preset's round 1 (evaluation: lengths toy-eval)"
-    else:  # prompts of 160 random tokens (about a templated question); random weights never stop
-        scfg = sept_loop.SePTConfig(**dict(sept_loop.PRESETS["paper"], max_response_tokens=780))
-        prompts = random_prompts(scfg.batch_prompts * scfg.rollouts, 160, SHAPES[name].vocab_size)
-        stop_ids, note = (), ("prompts of 160 random tokens, every answer 780 tokens (random weights never stop); "
-                              "evaluation and checkpoint every 50 / 10 rounds, not timed")
-    master, tau_s = load_net(cfg, dev, name, torch.float32), sept_loop.tau_s_at(1, scfg)
-    rcfg = sept_loop.round_config(scfg, tau_s)
-    sampler, optimizer = train.make_sampler(master, cli.pick_dtype("auto", dev)), train.make_optimizer(master, rcfg)
-    draw = functools.partial(sept_loop.draw_answers, sampler, tau=tau_s, top_p=scfg.top_p, stop_ids=stop_ids,
-                             batch=scfg.sample_batch, seed=0)
-    draw(prompts[:2], max_new_tokens=4)  # warm-up: kernels, AdamW state (the warmup's first lr: harmless)
-    train.train_step(master, optimizer, [(prompts[0], prompts[1][:8])], 0, rcfg)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    responses, _ = draw(prompts, max_new_tokens=scfg.max_response_tokens)
-    t1 = time.perf_counter()  # generate returns host lists: synchronized
-    sept_loop.train_on_answers(master, optimizer, [(p, r) for p, r in zip(prompts, responses) if r], 0, rcfg,
-                               scfg.updates_per_round, 0)
-    train.refresh_sampler(master, sampler)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t2 = time.perf_counter()
-    return dict(answers=len(prompts), updates=scfg.updates_per_round, seconds_sampling=t1 - t0,
-                seconds_training=t2 - t1, seconds_total=t2 - t0, response_len_mean=statistics.mean(map(len, responses)),
-                peak_gb=torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else None, note=note)
+    toy = sept_loop.PRESETS["toy"]
+    B, N = (8, 8) if cfg.quick else (toy["batch_prompts"], toy["max_response_tokens"])
+    with tempfile.TemporaryDirectory() as out:
+        sept_loop.main(["--model", cfg.toy, "--rounds", "1", "--batch-prompts", str(B), "--max-response-tokens",
+                        str(N), "--eval-n", "1", "--eval-max-questions", "1", "--device", dev.type, "--out", out])
+        line = next(m for m in runs.read_metrics(out) if "tau_s" in m)
+    sampling, training = line["seconds_sampling"], line["seconds_training"]
+    return dict(answers=B, seconds_sampling=sampling, seconds_training=training, seconds_total=sampling + training,
+                response_len_mean=line["response_len_mean"])
 
 
-def round_rows(cfg: BenchConfig, dev, report: dict) -> list:
-    rows = [("toy", functools.partial(round_row, cfg, dev, "toy"))]
-    if dev.type == "cuda" and not cfg.quick:
-        rows.append(("qwen2.5-1.5b paper preset", functools.partial(round_row, cfg, dev, "qwen2.5-1.5b")))
-    return rows
-
-
-# Each section's rows: (name, a function of no arguments that measures the row).
-SECTIONS = {"sampling": sampling_rows, "lengths": lengths_rows, "kernels": kernel_rows, "training": training_rows,
-            "round": round_rows}
+def section_rows(section: str, cfg: BenchConfig, dev, report: dict) -> list:
+    """What a section measures on this device: its rows as (name, a function of no arguments that measures it)."""
+    cuda, quick, copy = dev.type == "cuda", cfg.quick, report["machine"]["copy_gb_s"]
+    big = cuda and not quick  # the rows at the 1.5B shape
+    if section == "sampling":  # name, batch, prompt tokens (the toy: its questions'), new tokens
+        cases = [("toy", 8, 0, 8)] if quick else [("toy", 64, 0, 48), ("smollm-135m", 16, 32, 64)]
+        cases += [("qwen2.5-1.5b", int(B), cfg.gpu_prompt_tokens, cfg.gpu_new_tokens, cfg.decode_context)
+                  for B in cfg.gpu_sizes.split(",") if B and big]
+        return [(f"{c[0]} b{c[1]}", functools.partial(sampling_row, cfg, dev, copy, *c)) for c in cases]
+    if section == "lengths":  # name, prompts, rows (the paper preset's on CUDA), prompt tokens, answer cap
+        cases = ([("toy", 16, 4, 8, 16)] if quick else [("qwen2.5-1.5b", 1024, 256, 160, cfg.ragged_cap)] if cuda
+                 else [("toy", 1024, 256, 16, 96), ("smollm-135m", 32, 8, 32, 64)])  # CPU: 3,072 / 32 and / 48
+        reps = 1 if cuda or quick else cfg.reps
+        return [(f"ragged {c[0]}", functools.partial(ragged_row, cfg, dev, reps, *c)) for c in cases]
+    if section == "kernels":  # prompt or cache lengths, decode batch sizes; ~16k tokens per prefill on CUDA
+        lens = [32] if quick else [512, 1024, 2048, 4096, 8192] if cuda else [128, 256]
+        batches = [1] if quick else [1, 16, 64] if cuda else [1, 4]
+        row = functools.partial(kernel_row, dev, copy, 2 if quick else 5)
+        rows = [(f"prefill T{T}", functools.partial(row, "prefill", max(1, 16384 // T) if cuda else 1, T)) for T in lens]
+        return rows + [(f"decode b{B} S{S}", functools.partial(row, "decode", B, S)) for B in batches for S in lens]
+    if section == "training":  # name, pairs, prompt and response tokens (the paper's on CUDA), checkpointing
+        cases = [("qwen2.5-1.5b", 4, 1024, 3072, c) for c in (True, False)] if big else [
+            ("toy", 2, 8, 8, False) if quick else ("toy", 16, 16, 48, False)]
+        # on CUDA one at a time (two 1.5B models with their AdamW state crowd one GPU), on the CPU interleaved
+        groups = [["sept"], ["transformers"]] if cuda else [["sept", "transformers"]]
+        row = functools.partial(train_rows, cfg, dev, report["machine"]["peak_tflops"], 2 if cuda else cfg.reps)
+        return [(f"{c[0]} ckpt={'on' if c[-1] else 'off'} {'+'.join(g)}", functools.partial(row, g, *c))
+                for c in cases for g in groups]
+    return [("toy round", functools.partial(round_row, cfg, dev))]
 
 
 def machine(cfg: BenchConfig, dev) -> dict:
@@ -469,7 +387,7 @@ def main(argv=None):
     report = dict(machine=machine(cfg, dev), config=asdict(cfg), **{s: [] for s in sections})
     print("machine " + json.dumps(report["machine"]), flush=True)
     for s in sections:
-        for name, fn in SECTIONS[s](cfg, dev, report):
+        for name, fn in section_rows(s, cfg, dev, report):
             run_row(report, cfg, s, name, fn)
     runs.write_file(cfg.out, json.dumps(report, indent=1))
     print(f"wrote {cfg.out}")
