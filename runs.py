@@ -120,6 +120,22 @@ def write_samples(out: str, r: int, rows: list[dict]) -> None:
                          "".join(json.dumps(row) + "\n" for row in rows))
 
 
+def write_offline(out: str, questions: list[int], responses: list[list[int]], entropies: list[float]) -> None:
+    """offline.jsonl: --offline's answers, drawn once; one line per answer: its question's index, ids, entropy."""
+    write_file(os.path.join(out, "offline.jsonl"), "".join(
+        json.dumps(dict(question=i, response=r, entropy=h)) + "\n" for i, r, h in zip(questions, responses, entropies)))
+
+
+def read_offline(out: str) -> dict:
+    """What write_offline stored: {question index: [(response, entropy), ...]}."""
+    answers = {}
+    with open(os.path.join(out, "offline.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            answers.setdefault(row["question"], []).append((row["response"], row["entropy"]))
+    return answers
+
+
 def read_run_config(out: str, fields: set[str]) -> dict:
     """A run's config.json, for --resume: settings it does not know are an error, not silently dropped."""
     saved = os.path.join(out, "config.json")

@@ -231,22 +231,15 @@ def evaluate_at(cfg: SePTConfig, sampler, tokenizer, test_sets: dict, tau: float
 def offline_answers(cfg: SePTConfig, sampler, train_ids: list[list[int]], stop_ids) -> dict:
     """--offline: G answers per question the run will use, drawn once by the initial model at tau_s_start, kept
     in offline.jsonl (a resumed run trains on the same ones). Returns {question index: [(response, entropy)]}."""
-    path = os.path.join(cfg.out, "offline.jsonl")
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(cfg.out, "offline.jsonl")):
         used = sorted({i for r in range(1, cfg.rounds + 1) for i in questions_for_round(r, len(train_ids), cfg)})
         used = [i for i in used for _ in range(cfg.rollouts)]
         responses, entropies = draw_answers(sampler, [train_ids[i] for i in used], tau=cfg.tau_s_start,
                                             max_new_tokens=cfg.max_response_tokens, top_p=cfg.top_p,
                                             stop_ids=stop_ids, batch=cfg.sample_batch,
                                             seed=seed_for(cfg, "train", 0), desc="offline answers")
-        runs.write_file(path, "".join(json.dumps(dict(question=i, response=resp, entropy=h)) + "\n"
-                                           for i, resp, h in zip(used, responses, entropies)))
-    answers = {}
-    with open(path) as f:
-        for line in f:
-            row = json.loads(line)
-            answers.setdefault(row["question"], []).append((row["response"], row["entropy"]))
-    return answers
+        runs.write_offline(cfg.out, used, responses, entropies)
+    return runs.read_offline(cfg.out)
 
 
 def offline_round(offline: dict, fresh: list[int], cfg: SePTConfig, tokenizer) -> tuple[list[list[int]], list[float]]:
@@ -341,40 +334,6 @@ def resolve_rounds(cfg: SePTConfig, n_questions: int) -> None:
     cfg.rounds = cfg.rounds or cfg.epochs * (n_questions // cfg.batch_prompts)
 
 
-def encode_questions(path: str, cfg: SePTConfig, tokenizer, context: int, limit: int = 0, answers: str = ""):
-    """The questions of a file and their prompts' token ids; a prompt that cannot fit, or a question without an
-    answer where one is needed (`answers` says why), is an error now, not in the middle of a round."""
-    qs = questions.load_questions(path)[:limit or None]
-    if answers and (q := next((q for q in qs if q.answer is None), None)):
-        raise ValueError(f"{path}: question {q.id} has no answer ({answers})")
-    ids = [tokenizer.encode(prompts.build_prompt(q.problem, cfg.template, model_dir=cfg.model)) for q in qs]
-    for q, p in zip(qs, ids):
-        if len(p) > cfg.max_prompt_tokens:
-            raise ValueError(f"{path}: question {q.id} is {len(p)} tokens after the {cfg.template} template, "
-                             f"over --max-prompt-tokens {cfg.max_prompt_tokens}")
-        if len(p) + cfg.max_response_tokens > context:
-            raise ValueError(f"{path}: question {q.id} is {len(p)} tokens after the {cfg.template} template; with "
-                             f"--max-response-tokens {cfg.max_response_tokens} that exceeds the model's context "
-                             f"of {context} tokens")
-    return qs, ids
-
-
-def load_question_sets(cfg: SePTConfig, tokenizer) -> tuple[dict, list, list]:
-    """The test sets ({name: (questions, prompt ids)}; a set is named by its file, by its path if two share one),
-    and the training questions and their prompt ids (none for --sweep)."""
-    context = model_lib.read_config(cfg.model).max_position_embeddings
-    paths = list(dict.fromkeys(p for p in cfg.test_questions.split(",") if p))
-    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    test_sets = {}
-    for name, path in zip(names, paths):
-        key = name if names.count(name) == 1 else os.path.splitext(path)[0]
-        test_sets[key] = encode_questions(path, cfg, tokenizer, context, cfg.eval_max_questions, "pass@k needs it")
-    if cfg.sweep:
-        return test_sets, [], []
-    why = "--algo grpo rewards each answer by its grade" if cfg.algo == "grpo" else ""
-    return (test_sets, *encode_questions(cfg.train_questions, cfg, tokenizer, context, answers=why))
-
-
 def sweep(cfg: SePTConfig, sampler, tokenizer, test_sets: dict) -> None:
     """The no-training baseline: the initial model at each τ of --sweep; the best by AVG(pass@1, @8, @32)."""
     results = []
@@ -407,7 +366,8 @@ def main(argv=None):
     tokenizer = prompts.load_tokenizer(cfg.model, cfg.stop)
     if cfg.offline_eos and tokenizer.eos_id is None:
         raise ValueError(f"--offline-eos: {cfg.model}/tokenizer_config.json declares no eos_token to append")
-    test_sets, train_qs, train_ids = load_question_sets(cfg, tokenizer)
+    context = model_lib.read_config(cfg.model).max_position_embeddings
+    test_sets, train_qs, train_ids = questions.load_question_sets(cfg, tokenizer, context)
     if not cfg.sweep:
         resolve_rounds(cfg, len(train_qs))
     ckpt, start = runs.resume_point(cfg.out, min(cfg.checkpoint_every, cfg.rounds)) if cfg.resume else (None, 0)

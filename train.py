@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 import cli
 from data.prompts import load_tokenizer
+from data.questions import load_pairs
 import runs
 from model import Transformer, empty_model, load_model, save_model
 
@@ -433,35 +434,6 @@ class SFTConfig(TrainConfig):
     seed: int = 0                       # order of the pairs in each epoch
 
 
-def read_pairs(path: str, tokenizer, eos_ids: list[int], max_len: int) -> list[Pair]:
-    """Tokenize each line's prompt (with the tokenizer's BOS, as transformers would) and response separately, text
-    as written, no chat template; errors name the file and line. A pair longer than the context is an error, never
-    silently truncated."""
-    pairs = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            row = row if isinstance(row, dict) else {}
-            missing = [k for k in ("prompt", "response") if not isinstance(row.get(k), str)]
-            if missing:
-                raise ValueError(f"{path}:{n}: missing or non-string field {', '.join(missing)}")
-            if not row["response"] or not row["prompt"]:
-                raise ValueError(f"{path}:{n}: empty {'response' if not row['response'] else 'prompt'}")
-            prompt, response = tokenizer.encode(row["prompt"]), tokenizer.encode(row["response"], bos=False) + eos_ids
-            if len(prompt) + len(response) > max_len:
-                raise ValueError(f"{path}:{n}: {len(prompt)} prompt + {len(response)} response tokens exceed the "
-                                 f"model's context of {max_len} tokens")
-            pairs.append((prompt, response))
-    if not pairs:
-        raise ValueError(f"{path}: no pairs")
-    return pairs
-
-
 def main(argv: list[str] | None = None) -> None:
     cfg = cli.config_from_argv(SFTConfig, argv, __doc__.splitlines()[0])
     cli.check_settings(cfg, {**RULES, "epochs": cli.AT_LEAST_1, "batch_size": cli.AT_LEAST_1})
@@ -471,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
     net = load_model(cfg.model, device, torch.float32)  # fp32 master weights
     if cfg.eos and tokenizer.eos_id is None:
         raise ValueError(f"{cfg.model}: tokenizer_config.json declares no eos_token to append; pass --no-eos")
-    pairs = read_pairs(cfg.data, tokenizer, [tokenizer.eos_id] if cfg.eos else [],
+    pairs = load_pairs(cfg.data, tokenizer, [tokenizer.eos_id] if cfg.eos else [],
                        net.config.max_position_embeddings)
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = [[pairs[i] for i in order[s:s + cfg.batch_size]]

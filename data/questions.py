@@ -13,11 +13,12 @@ Two formats (see data/README.md):
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.prompts import BOXED_INSTRUCTION
+from data.prompts import BOXED_INSTRUCTION, build_prompt
 
 
 @dataclass
@@ -101,6 +102,70 @@ def _answer_text(value, where: str) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise ValueError(f"{where}: answer must be a string or a number, got {type(value).__name__}")
+
+
+def encode_questions(path: str, cfg, tokenizer, context: int, limit: int = 0, answers: str = ""):
+    """The questions of a file and their prompts' token ids, in the run's template (`cfg`: sept_loop's settings); a
+    prompt that cannot fit, or a question without an answer where one is needed (`answers` says why), is an error
+    now, not in the middle of a round."""
+    qs = load_questions(path)[:limit or None]
+    if answers and (q := next((q for q in qs if q.answer is None), None)):
+        raise ValueError(f"{path}: question {q.id} has no answer ({answers})")
+    ids = [tokenizer.encode(build_prompt(q.problem, cfg.template, model_dir=cfg.model)) for q in qs]
+    for q, p in zip(qs, ids):
+        if len(p) > cfg.max_prompt_tokens:
+            raise ValueError(f"{path}: question {q.id} is {len(p)} tokens after the {cfg.template} template, "
+                             f"over --max-prompt-tokens {cfg.max_prompt_tokens}")
+        if len(p) + cfg.max_response_tokens > context:
+            raise ValueError(f"{path}: question {q.id} is {len(p)} tokens after the {cfg.template} template; with "
+                             f"--max-response-tokens {cfg.max_response_tokens} that exceeds the model's context "
+                             f"of {context} tokens")
+    return qs, ids
+
+
+def load_question_sets(cfg, tokenizer, context: int) -> tuple[dict, list, list]:
+    """A run's questions (`cfg`: sept_loop's settings): the test sets ({name: (questions, prompt ids)}; a set is
+    named by its file, by its path if two share one), and the training questions and their prompt ids (none for
+    --sweep)."""
+    paths = list(dict.fromkeys(p for p in cfg.test_questions.split(",") if p))
+    names = [Path(p).stem for p in paths]
+    test_sets = {}
+    for name, path in zip(names, paths):
+        key = name if names.count(name) == 1 else os.path.splitext(path)[0]
+        test_sets[key] = encode_questions(path, cfg, tokenizer, context, cfg.eval_max_questions, "pass@k needs it")
+    if cfg.sweep:
+        return test_sets, [], []
+    why = "--algo grpo rewards each answer by its grade" if cfg.algo == "grpo" else ""
+    return (test_sets, *encode_questions(cfg.train_questions, cfg, tokenizer, context, answers=why))
+
+
+def load_pairs(path: str, tokenizer, eos_ids: list[int], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """train.py's SFT data: one {"prompt": ..., "response": ...} object per line, each side tokenized separately
+    (the prompt with the tokenizer's BOS, as transformers would; the response, then `eos_ids`), text as written, no
+    chat template; errors name the file and line. A pair longer than the context is an error, never cut."""
+    pairs = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            row = row if isinstance(row, dict) else {}
+            missing = [k for k in ("prompt", "response") if not isinstance(row.get(k), str)]
+            if missing:
+                raise ValueError(f"{path}:{n}: missing or non-string field {', '.join(missing)}")
+            if not row["response"] or not row["prompt"]:
+                raise ValueError(f"{path}:{n}: empty {'response' if not row['response'] else 'prompt'}")
+            prompt, response = tokenizer.encode(row["prompt"]), tokenizer.encode(row["response"], bos=False) + eos_ids
+            if len(prompt) + len(response) > max_len:
+                raise ValueError(f"{path}:{n}: {len(prompt)} prompt + {len(response)} response tokens exceed the "
+                                 f"model's context of {max_len} tokens")
+            pairs.append((prompt, response))
+    if not pairs:
+        raise ValueError(f"{path}: no pairs")
+    return pairs
 
 
 if __name__ == "__main__":
