@@ -1,6 +1,7 @@
 """The embedded toy world: its files load, the script that makes it is deterministic, and the shipped model
 is in the regime SePT needs (right answers preferred, by small margins)."""
 import filecmp
+import json
 import os
 
 import pytest
@@ -71,3 +72,16 @@ def test_shipped_toy_prefers_right_answers_by_small_margins():
     assert 15 <= result[1.0]["pass@1"] <= 65
     assert result[0.6]["pass@1"] >= result[1.0]["pass@1"] + 15
     assert result[1.0]["pass@16"] >= 90
+
+
+def test_sharpening_kinds_and_an_untrained_model_against_itself(capsys):
+    from data import sharpening
+    kinds = sharpening.position_kinds(" 58+47=105, 105+2=107. \\boxed{107}$")
+    assert kinds[7:10] == ["result hundreds digit, carry into hundreds", "result tens digit, carry into hundreds",
+                           "result units digit, carry into hundreds"]  # 58+47: a units carry into the hundreds
+    assert kinds[1:3] == ["copied operand"] * 2 and kinds[3] == "format" and kinds[-3] == "boxed answer"
+    assert kinds[18:21] == ["result hundreds digit, other steps", "result tens digit, other steps",
+                            "result units digit, other steps"]
+    sharpening.main(["--trained", TOY, "--questions", "8"])  # the same model twice: no sharpening, no moved argmax
+    rows = json.loads(capsys.readouterr().out.splitlines()[-1])["rows"]
+    assert all(abs(r["logit_scale"] - 1) < 1e-3 and r["argmax_changed"] == 0 for r in rows)
