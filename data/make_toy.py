@@ -16,16 +16,16 @@ three-digit through a units carry (58+47=105), the writer drops the carry with p
 is right only with probability p_slip_right; every other step is as in the sum world. Why: a real base model's
 best temperature leaves headroom because on many questions its most likely step is a systematic slip, learned
 from sloppy text in one kind of context, while it does the same step right in the neighbouring contexts and still
-samples the right value sometimes. A low temperature makes the slip certain (greedy is wrong on the ~40% of
-questions with a slip step), a high one spoils the other steps, so no temperature does well on both (data/README.md
-has the measured sweep and what SePT does with it).
+samples the right value sometimes. A low temperature makes the slip certain (greedy is wrong on nearly all of the
+~40% of questions with a slip step), a high one spoils the other steps, so no temperature does well on both
+(data/README.md has the measured sweep and what SePT does with it).
 
 Everything (tokenizer, questions, weights) follows from the seed; the weights also from torch's number of CPU
 threads (float sums in another order). data/toy-fork was made with one (OMP_NUM_THREADS=1), which on a 2-core
 machine shared with other jobs also ran ~10x faster than torch's default.
 
     python data/make_toy.py                        # ~15 minutes on 2 CPU cores; writes data/toy/
-    OMP_NUM_THREADS=1 python data/make_toy.py --world fork     # ~17 minutes; writes data/toy-fork/
+    OMP_NUM_THREADS=1 python data/make_toy.py --world fork     # ~17-19 minutes on 2 CPU cores; writes data/toy-fork/
     python data/make_toy.py --out /tmp/toy --pretrain-steps 300   # a quick, weaker one
 """
 import json

@@ -1,6 +1,7 @@
 """The fork world (data/toy-fork/): its files load, its settings are what `make_toy.py --world fork` writes, the
 question generator makes the slip it claims and leaves the sum world's stream alone, and the shipped model's mode
 is the slip at slip steps while it still gives the right value real weight. No pretraining here (~5 s)."""
+import filecmp
 import json
 import os
 import random
@@ -77,6 +78,17 @@ def test_sum_world_draws_as_before():
         assert make_toy.solution(nums, a, 0.7) == old_solution(nums, b, 0.7)
     with open(os.path.join(make_toy.TOY, "toy_config.json")) as f:
         assert json.load(f) == make_toy.written_config(make_toy.config_from_argv([]))
+
+
+def test_make_fork_is_deterministic(tmp_path):
+    args = ["--world", "fork", "--pretrain-steps", "3", "--n-train", "50", "--n-test", "10", "--hidden-size", "32",
+            "--num-layers", "1", "--batch-size", "4"]
+    make_toy.main([*args, "--out", str(tmp_path / "a")])
+    make_toy.main([*args, "--out", str(tmp_path / "b")])
+    names = sorted(os.listdir(tmp_path / "a"))
+    assert names == sorted(os.listdir(tmp_path / "b"))
+    for name in names:
+        assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False), name
 
 
 def test_world_fork_alone_writes_data_toy_fork():
