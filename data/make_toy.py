@@ -25,7 +25,7 @@ threads (float sums in another order). data/toy-fork was made with one (OMP_NUM_
 machine shared with other jobs also ran ~10x faster than torch's default.
 
     python data/make_toy.py                        # ~15 minutes on 2 CPU cores; writes data/toy/
-    OMP_NUM_THREADS=1 python data/make_toy.py --world fork     # ~17-19 minutes on 2 CPU cores; writes data/toy-fork/
+    OMP_NUM_THREADS=1 python data/make_toy.py --world fork     # ~17-22 minutes on 2 CPU cores; writes data/toy-fork/
     python data/make_toy.py --out /tmp/toy --pretrain-steps 300   # a quick, weaker one
 """
 import json
