@@ -38,6 +38,7 @@ from data import grading, prompts, questions
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOY = os.path.join(HERE, "data", "toy")
+FORK = os.path.join(HERE, "data", "toy-fork")  # the toy world with a systematic slip (data/README.md: the fork world)
 TAU_EFF_ANSWERS = 32  # answers a round's τ_eff is measured on: enough positions for one number, 2 short forwards
 
 
@@ -107,6 +108,8 @@ PRESETS = {
     "toy-grpo": dict(TOY_WORLD, algo="grpo", batch_prompts=32, rollouts=8, updates_per_round=2, **COUPLED_1),
     "toy-em": dict(TOY_SEPT, loss="em", couple=True, **COUPLED_1),
     "toy-offline": dict(dict(TOY_SEPT, **SFT), updates_per_round=8),  # the SFT recipe in the toy's mini-batches
+    "toy-fork": dict(TOY_SEPT, model=FORK, train_questions=os.path.join(FORK, "train.jsonl"),
+                     test_questions=os.path.join(FORK, "test.jsonl")),  # README: "A world with headroom"
 }
 
 
