@@ -171,23 +171,26 @@ def run_row(report: dict, cfg: BenchConfig, section: str, name: str, fn):
 
 @torch.inference_mode()
 def decode_seconds(net, batch: int, context: int, steps: int, warm: int = 3) -> tuple[float, float]:
-    """(seconds per decode step, mean cached tokens): generate's own decode_step (a CUDA graph on CUDA) and the
-    sampler, timed alone on a cache holding `context` tokens (zeros: the values do not change the work)."""
+    """(seconds per decode step, mean cached tokens): generate's own decode step (the static one, a CUDA graph, on
+    CUDA; eagerly attention reading to the longest row, as on the CPU) and the sampler, timed alone on a cache
+    holding `context` tokens (zeros: the values do not change the work)."""
     dev = net.head_weight.device
     graph = dev.type == "cuda" and model_lib.attention_backend(dev) == "triton"
-    cache = model_lib.new_kv_cache(net.config, batch, context + warm + steps + 1, net.head_weight.dtype, dev)
-    cache.lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
-    cache.filled = cache.k.shape[3] if graph else context
-    decode, running = sample.decode_function(net, cache, graph), torch.zeros(batch, dtype=torch.bool, device=dev)
-    tokens, g = torch.zeros(batch, dtype=torch.long, device=dev), torch.Generator(device=dev).manual_seed(0)
+    length = context + warm + steps + 1
+    rows = sample.static_rows(net, batch, length) if graph else sample.empty_rows(net, batch, length)
+    rows.cache.lens.fill_(context)
+    rows.done.fill_(False)  # every row runs
+    g = torch.Generator(device=dev).manual_seed(0)
 
     def step():
-        nonlocal tokens
-        tokens = sample.sample_next(sample.decode_step(decode, cache, tokens, running), 1.0, 1.0, g)
+        logits = rows.static() if graph else sample.decode_step(net, rows, batch, int(rows.cache.lens.max()) + 1)
+        rows.next_input.copy_(sample.sample_next(logits, 1.0, 1.0, g))
 
     for _ in range(warm):
         step()
-    return seconds(lambda: [step() for _ in range(steps)], dev) / steps, context + warm + (steps + 1) / 2
+    step_s = seconds(lambda: [step() for _ in range(steps)], dev) / steps
+    sample.held_static_rows = None  # the bench's shape: no later call reuses it
+    return step_s, context + warm + (steps + 1) / 2
 
 
 def sampling_row(net, prompts, new_tokens: int, cfg: BenchConfig, dev, copy: float, context: int = 0,

@@ -144,14 +144,17 @@ def seed_for(cfg: SePTConfig, purpose: str, r: int) -> int:
 # The steps of a round: answer, train, evaluate.
 
 def draw_answers(sampler: model_lib.Transformer, prompts_ids: list[list[int]], *, tau: float, max_new_tokens: int,
-                 top_p: float, stop_ids, batch: int, seed: int, desc: str = "") -> tuple[list[list[int]], list[float]]:
-    """An answer (token ids) to each prompt at temperature τ, and the mean entropy of the model's next-token
-    distribution over it: one stream through `batch` rows, each row taking the next prompt when its answer ends."""
+                 top_p: float, stop_ids, batch: int, seed: int, desc: str = "",
+                 entropy: bool = True) -> tuple[list[list[int]], list[float] | None]:
+    """An answer (token ids) to each prompt at temperature τ, and (entropy=True, else None) the mean entropy of the
+    model's next-token distribution over it: one stream through `batch` rows, each row taking the next prompt when
+    its answer ends."""
     stats = {}
     with tqdm(total=len(prompts_ids), desc=desc, leave=False, disable=len(prompts_ids) <= batch) as bar:
         responses = sample.generate(sampler, prompts_ids, max_new_tokens=max_new_tokens, temperature=tau, top_p=top_p,
-                                    eos_ids=stop_ids, seed=seed, stats=stats, max_batch=batch, progress=bar.update)
-    return responses, stats["entropy"]
+                                    eos_ids=stop_ids, seed=seed, stats=stats, entropy=entropy, max_batch=batch,
+                                    progress=bar.update)
+    return responses, stats.get("entropy")
 
 
 def train_on_answers(master: model_lib.Transformer, optimizer, pairs: list[train.Pair], step: int,
@@ -196,7 +199,8 @@ def evaluate(sampler: model_lib.Transformer, tokenizer: prompts.Tokenizer, test_
     asked = [(name, q, p) for name, (qs, prompt_ids) in test_sets.items() for q, p in zip(qs, prompt_ids)
              for _ in range(n)]
     responses, _ = draw_answers(sampler, [p for _, _, p in asked], tau=tau, top_p=1.0, max_new_tokens=max_new_tokens,
-                                stop_ids=tokenizer.stop_ids, batch=batch, seed=seed, desc=f"eval τ={tau}")
+                                stop_ids=tokenizer.stop_ids, batch=batch, seed=seed, desc=f"eval τ={tau}",
+                                entropy=False)  # not asked: a log-softmax over the vocabulary per token
     grades = grading.grade_many([tokenizer.decode(r) for r in responses], [q.answer for _, q, _ in asked])
     for name, (qs, _) in test_sets.items():
         mine = [g for (set_name, _, _), g in zip(asked, grades) if set_name == name]  # n per question, in order

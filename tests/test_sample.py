@@ -20,29 +20,30 @@ def random_prompts(lengths, vocab=256, seed=0):
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_cached_decode_equals_full_forward(make_checkpoint, monkeypatch, backend, family):
     """sample.prefill of right-padded prompts of different lengths (one of them twice: computed once, its k/v
-    copied), then sample.decode_step at per-row positions, a row parked from the third step on: the logits
-    at every step equal a full causal forward over each running row's whole sequence."""
+    copied), then sample.decode_step at per-row positions, attention reading up to the longest row (as the eager
+    stream asks), a row parked from the third step on: the logits at every step equal a full causal forward over
+    each running row's whole sequence."""
     monkeypatch.setenv("SEPT_ATTENTION", backend)
     m = model_lib.load_model(make_checkpoint(family))
     prompts = random_prompts([5, 17, 1])
     prompts.append(prompts[0])
     cont = random_prompts([6, 6, 6, 6], seed=1)  # teacher-forced continuation tokens
     B, steps = len(prompts), 6
-    cache = model_lib.new_kv_cache(m.config, B, 17 + steps, torch.float32, "cpu")
+    rows = sample.empty_rows(m, B, 17 + steps)
     with torch.no_grad():
-        got = [sample.prefill(m, cache, prompts, torch.arange(B))]
-        assert cache.lens.tolist() == [5, 17, 1, 5]
-        cache.filled = 17
-        decode, done = sample.decode_function(m, cache, False), torch.zeros(B, dtype=torch.bool)
+        got = [sample.prefill(m, rows.cache, prompts, torch.arange(B))]
+        assert rows.cache.lens.tolist() == [5, 17, 1, 5]
+        rows.done[:] = False
         for s in range(steps - 1):
-            done[2] = s >= 2
-            got.append(sample.decode_step(decode, cache, torch.tensor([c[s] for c in cont]), done))
+            rows.done[2] = s >= 2
+            rows.next_input[:] = torch.tensor([c[s] for c in cont])
+            got.append(sample.decode_step(m, rows, B, 17 + s + 1))  # the longest row's positions after this step
         for b in range(B):
             full = m(torch.tensor([prompts[b] + cont[b][:steps - 1]]))[0]
             for s in range(3 if b == 2 else steps):
                 ref = full[len(prompts[b]) - 1 + s]
                 assert torch.allclose(got[s][b], ref, atol=1e-4, rtol=1e-4), (b, s)
-        assert cache.lens.tolist() == [10, 22, 1, 10] and cache.filled == 22  # the parked row holds position 0
+        assert rows.cache.lens.tolist() == [10, 22, 1, 10]  # the parked row holds position 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -76,20 +77,36 @@ def test_stream_equals_one_prompt_at_a_time(make_checkpoint, monkeypatch, backen
     max_batch, with stop ids that end rows at different steps, and with host checks every step or every third
     (ended rows then park until the check). Paths: the CUDA graph's fixed-shape step (launched eagerly here),
     ended rows refilled in place; eager, ended rows leaving the batch and new prompts joining it as rows free
-    up, or only once all rows have ended (sample.refill_as_rows_free)."""
+    up (refill_group 1), or only once all rows have ended (refill_group = every row)."""
     monkeypatch.setenv("SEPT_ATTENTION", backend)
-    monkeypatch.setattr(sample, "refill_as_rows_free", lambda *a: path != "eager-batches")
     static = path == "static"
+    group = len(STREAM_PROMPTS) if path == "eager-batches" else 1
     m = model_lib.load_model(make_checkpoint("llama"))
     free = sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0)
     eos = [free[0][2], free[4][5]]  # tokens that do occur, at different steps
     alone = one_at_a_time(m, STREAM_PROMPTS, STREAM_BUDGETS, eos)
     assert any(0 < len(a) < n for a, n in zip(alone, STREAM_BUDGETS))  # some rows stop early
     for every, max_batch in [(1, 1), (1, 4), (3, 3), (3, None)] if backend == "torch" else [(3, 3)]:
-        monkeypatch.setattr(sample, "SYNC_EVERY", {"cpu": every})
         got = sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0, eos_ids=eos,
-                              cuda_graph=static, max_batch=max_batch)
+                              cuda_graph=static, max_batch=max_batch, check_every=every, refill_group=group)
         assert got == alone, (every, max_batch)
+
+
+def test_static_rows_are_kept_per_shape(make_checkpoint):
+    """The static decode step (a CUDA graph on CUDA) is built once and its rows kept for later calls of the same
+    model and shape, whatever their budgets (the cache length is rounded up); another shape replaces them. Greedy
+    output equals the eager path's every time."""
+    m = model_lib.load_model(make_checkpoint("llama"))
+    sample.held_static_rows = None
+    kw, held = dict(temperature=0, max_batch=3), []
+    for budgets in (STREAM_BUDGETS, [min(n, 4) for n in STREAM_BUDGETS], STREAM_BUDGETS):
+        eager = sample.generate(m, STREAM_PROMPTS, max_new_tokens=budgets, cuda_graph=False, **kw)
+        assert sample.generate(m, STREAM_PROMPTS, max_new_tokens=budgets, cuda_graph=True, **kw) == eager
+        held.append(sample.held_static_rows)
+    assert held[0] is held[1] is held[2] and held[0].cache.k.shape[1] == 3
+    sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, cuda_graph=True, temperature=0, max_batch=4)
+    assert sample.held_static_rows is not held[0] and sample.held_static_rows.cache.k.shape[1] == 4
+    sample.held_static_rows = None  # frees them
 
 
 def test_budgets_and_refill_cost(make_checkpoint, monkeypatch):
@@ -100,12 +117,12 @@ def test_budgets_and_refill_cost(make_checkpoint, monkeypatch):
     rows_decoded, prefilled = [], []
     decode_step, hidden_states = sample.decode_step, m.hidden_states
 
-    def counting_decode_step(decode, cache, tokens, done):
-        rows_decoded.append(len(tokens))
-        return decode_step(decode, cache, tokens, done)
+    def counting_decode_step(model, rows, n, span):
+        rows_decoded.append(n)
+        return decode_step(model, rows, n, span)
 
     def counting_hidden_states(ids, *args, **kw):
-        prefilled.extend([len(ids)] if ids.shape[1] > 1 else [])
+        prefilled.extend([len(ids)] if kw.get("mode") == "prefill" else [])
         return hidden_states(ids, *args, **kw)
     monkeypatch.setattr(sample, "decode_step", counting_decode_step)
     monkeypatch.setattr(m, "hidden_states", counting_hidden_states)
@@ -121,16 +138,16 @@ def test_budgets_and_refill_cost(make_checkpoint, monkeypatch):
 
 
 def test_when_ended_rows_get_new_prompts(make_checkpoint):
-    """As rows free up where the weights outweigh the cache rows (or on the CUDA-graph path); once all rows have
-    ended where the rows outweigh the weights, as for the toy's evaluation: 2,048 rows of 81 positions."""
+    """As rows free up (1/16 of the rows at a time) where the weights outweigh the cache rows, or on the
+    CUDA-graph path; once all rows have ended where the rows outweigh the weights, as for the toy's evaluation:
+    2,048 rows of 81 positions."""
     m = model_lib.load_model(make_checkpoint("llama"))
     shape = dict(vocab_size=28, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=32)  # data/toy's
     toy = model_lib.empty_model(model_lib.ModelConfig(**shape), "cpu", torch.float32)
-    few = model_lib.new_kv_cache(m.config, 4, 32, torch.float32, "cpu")
-    many = model_lib.new_kv_cache(toy.config, 2048, 81, torch.float32, "cpu")
-    assert sample.refill_as_rows_free(m, few, False) and not sample.refill_as_rows_free(toy, many, False)
-    assert sample.refill_as_rows_free(toy, many, True)
+    assert sample.default_refill_group(m, 4, 32, False) == 1  # max(1, 4 // 16)
+    assert sample.default_refill_group(toy, 2048, 81, False) == 2048
+    assert sample.default_refill_group(toy, 2048, 81, True) == 128
 
 
 def chi_square_p_value_bound(counts, probs):
@@ -202,16 +219,21 @@ def test_seeds_and_the_global_rng(make_checkpoint):
     assert runs[0] == runs[1]
 
 
-def test_entropy_stats(make_checkpoint):
-    """stats["entropy"]: each prompt's mean next-token entropy over its answer, the same however it streams."""
+def test_entropy_stats(make_checkpoint, monkeypatch):
+    """stats["entropy"]: each prompt's mean next-token entropy over its answer, the same however it streams;
+    only when asked (entropy=True): otherwise no log-softmax over the vocabulary is computed."""
     m = model_lib.load_model(make_checkpoint("llama"))
-    stats, streamed = {}, {}
-    out = sample.generate(m, random_prompts([4, 9]), max_new_tokens=5, temperature=0.0, stats=stats)
+    stats, streamed, plain = {}, {}, {}
+    out = sample.generate(m, random_prompts([4, 9]), max_new_tokens=5, temperature=0.0, stats=stats, entropy=True)
     assert len(stats["entropy"]) == 2 and all(0 < e < math.log(256) for e in stats["entropy"])
     assert [len(o) for o in out] == [5, 5]  # no eos_ids: runs to max_new_tokens
-    sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0.0, stats=stats)
-    sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0.0, stats=streamed, max_batch=2)
+    kw = dict(max_new_tokens=STREAM_BUDGETS, temperature=0.0, entropy=True)
+    sample.generate(m, STREAM_PROMPTS, stats=stats, **kw)
+    sample.generate(m, STREAM_PROMPTS, stats=streamed, max_batch=2, **kw)
     assert streamed["entropy"] == pytest.approx(stats["entropy"], rel=1e-5) and stats["entropy"][6] == 0.0
+    monkeypatch.setattr(torch, "log_softmax", None)  # any call would fail
+    assert sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=1.0, stats=plain) != []
+    assert plain.get("entropy") is None
 
 
 def test_bad_input(make_checkpoint):
