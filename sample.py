@@ -2,7 +2,7 @@
 set of rows (continuous batching). SePT's answers run from a few dozen tokens to the 3,072-token cap: a batch that
 waits for its longest answer idles most of its rows. So generate keeps max_batch rows of KV cache and alternates a
 host check (hand back the ended answers, give free rows to waiting prompts) with decode steps: one CUDA graph over
-every row on the GPU; eagerly (the CPU) the running rows only.
+every row on the GPU; eagerly (the CPU) the running rows only. Out of memory, it goes on with half the rows.
 
     python sample.py --prompt "12+47+30" -n 4 --temperature 0.6          # the toy model in data/toy, on CPU
     python sample.py --model ~/ckpt/Qwen2.5-Math-1.5B --template qwen-math --prompt "What is 2+3?"
@@ -73,8 +73,8 @@ def prefill(model, cache: model_lib.KVCache, prompts: list[list[int]], rows: tor
 
 @dataclass
 class Rows:
-    """The rows of the KV cache, each with a prompt and its answer so far. The tensors change on the device without
-    a host sync, in place only (a static decode step reads them where they are); the list at the host checks."""
+    """The rows of the KV cache, each with a prompt and its answer so far: tensors changed in place on the device
+    without a host sync (a static decode step reads them where they are), a list the host updates at the checks."""
     cache: model_lib.KVCache  # k, v (n_layers, B, n_kv_heads, max_len, head_dim); lens (B,): positions held
     prompt: list[int]         # index of the prompt in each row; -1 = free
     next_input: torch.Tensor  # (B,) each row's newest token, which the next decode step feeds
@@ -90,10 +90,10 @@ class Rows:
 def empty_rows(model, B: int, max_len: int) -> Rows:
     """B rows over a new KV cache that hold no prompt: done, so that a decode step parks them."""
     device = model.head_weight.device
+    cache = model_lib.new_kv_cache(model.config, B, max_len, model.head_weight.dtype, device)
     zeros = functools.partial(torch.zeros, B, dtype=torch.long, device=device)
-    return Rows(model_lib.new_kv_cache(model.config, B, max_len, model.head_weight.dtype, device), [-1] * B, zeros(),
-                torch.ones(B, dtype=torch.bool, device=device), torch.zeros(B, max_len + 1, dtype=torch.long,
-                device=device), zeros(), zeros(), torch.zeros(B, device=device))
+    return Rows(cache, [-1] * B, next_input=zeros(), done=torch.ones(B, dtype=torch.bool, device=device),
+                tokens=zeros(max_len + 1), n_new=zeros(), budget=zeros(), entropy=zeros(dtype=torch.float32))
 
 
 def decode_step(model, rows: Rows, n: int, span: int) -> torch.Tensor:
@@ -107,8 +107,7 @@ def decode_step(model, rows: Rows, n: int, span: int) -> torch.Tensor:
     return F.linear(h[:, 0], model.head_weight).float()  # the head on the one new position only
 
 
-# The last static_rows (see there): their KV cache and CUDA graph stay allocated between calls, until
-# `sample.held_static_rows = None` frees them (before training, say, if memory is short).
+# static_rows' last rows: their KV cache and CUDA graph stay allocated between calls until this is set to None
 held_static_rows: Rows | None = None
 
 
@@ -162,16 +161,22 @@ def record(rows: Rows, idx: torch.Tensor, logits: torch.Tensor, eos: torch.Tenso
     rows.done[idx] |= torch.isin(tokens, eos) | (rows.n_new[idx] >= rows.budget[idx])
 
 
-def hand_back(rows: Rows, answers: list, entropies: list, progress=None) -> list[int]:
-    """Copies the ended answers out of their rows (one host sync), frees those rows and returns the running ones."""
-    ended = [r for r, d in enumerate(rows.done.tolist()) if d and rows.prompt[r] >= 0]
-    if ended:
-        tokens, n_new, entropy = rows.tokens[ended].tolist(), rows.n_new[ended].tolist(), rows.entropy[ended].tolist()
-        for r, toks, n, h in zip(ended, tokens, n_new, entropy):
-            answers[rows.prompt[r]], entropies[rows.prompt[r]] = toks[:n], h / max(1, n)
+def hand_back(rows: Rows, answers: list, entropies: list, progress=None, waiting=None) -> list[int]:
+    """Copies the ended answers out of their rows (one host sync), frees those rows and returns the running ones.
+    With `waiting` (out of memory) the running ones too, back to the queue's front: vLLM's preemption by recompute,
+    the answer so far kept and prefilled again after its prompt when the row restarts."""
+    done = rows.done.tolist()
+    freed = [r for r, i in enumerate(rows.prompt) if i >= 0 and (done[r] or waiting is not None)]
+    if freed:
+        tokens, n_new, entropy = rows.tokens[freed].tolist(), rows.n_new[freed].tolist(), rows.entropy[freed].tolist()
+        for r, toks, n, h in reversed(list(zip(freed, tokens, n_new, entropy))):  # appendleft keeps their order
+            i, before = rows.prompt[r], len(answers[rows.prompt[r]])  # before: a preempted answer's first part
+            answers[i], entropies[i] = answers[i] + toks[:n], (entropies[i] * before + h) / max(1, before + n)
+            if not done[r]:
+                waiting.appendleft(i)
             rows.prompt[r] = -1
         if progress:
-            progress(len(ended))
+            progress(sum(done[r] for r in freed))
     return [r for r, i in enumerate(rows.prompt) if i >= 0]
 
 
@@ -225,9 +230,9 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int | list[int]
              check_every: int | None = None, refill_group: int | None = None) -> list[list[int]]:
     """New token ids for each prompt, ending with the first EOS when one was produced. max_new_tokens: one
     budget for all prompts, or one per prompt. max_batch: rows of the KV cache (None = one per prompt); more
-    prompts stream through them. stats: a dict that, with entropy=True, gets "entropy", each prompt's mean
-    next-token entropy (at temperature 1) over its answer (a log-softmax per token, so only when asked).
-    progress(n): n answers handed back (tqdm's update).
+    prompts stream through them. stats: a dict that gets "rows", the rows at the end (fewer after running out of
+    memory), and "entropy": with entropy=True each prompt's mean next-token entropy (at temperature 1) over its
+    answer (a log-softmax per token, so only when asked), else None. progress(n): n answers handed back (tqdm's update).
     cuda_graph: decode with static_rows (None = on CUDA with the Triton backend, unless SEPT_CUDA_GRAPH=0).
     check_every: decode steps between host checks (None = 8 on CUDA, 1 on the CPU)."""
     check_sampling(temperature, top_p)  # before the prefill, not at the first token
@@ -235,6 +240,9 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int | list[int]
     answers, entropies = [[] for _ in prompts], [0.0] * len(prompts)
     # shortest prompts first: the rows of a batch then sit at nearly the same positions, and a prefill pads little
     waiting = collections.deque(sorted((i for i, n in enumerate(budgets) if n > 0), key=lambda i: len(prompts[i])))
+    B = min(len(waiting), max_batch or len(waiting))
+    stats = {} if stats is None else stats  # kept up to date: rows fewer after running out of memory
+    stats.update(rows=B, entropy=entropies if entropy else None)
     if not waiting:
         return answers
     device = model.head_weight.device
@@ -242,43 +250,51 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int | list[int]
         cuda_graph = (device.type == "cuda" and model_lib.attention_backend(device) == "triton"
                       and os.environ.get("SEPT_CUDA_GRAPH", "1") != "0")
     check_every = check_every or (8 if device.type == "cuda" else 1)
-    B = min(len(waiting), max_batch or len(waiting))
     max_len = max(len(prompts[i]) + budgets[i] for i in waiting)  # the longest sequence
     generator = torch.Generator(device=device)  # unseeded: a seed drawn from the global RNG, never reseeding it
     generator.manual_seed(seed if seed is not None else torch.randint(1 << 62, ()).item())
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
-    rows = static_rows(model, B, max_len) if cuda_graph else empty_rows(model, B, max_len)
-    group = min(B, refill_group or default_refill_group(model, B, max_len, cuda_graph))
+    rows = None
     while True:
-        # 1. the host check: hand back the ended answers, give free rows to the next waiting prompts
-        running = hand_back(rows, answers, entropies, progress)
-        if not running and not waiting:
-            break
-        free = B - len(running)  # a refill waits for `group` free rows, or for all the waiting prompts to fit
-        n = min(free, len(waiting)) if free >= min(group, len(waiting)) else 0
-        if not rows.static:  # eagerly the running rows move to the front, the new prompts' rows next
-            compact(rows, running)
-        if n:  # the next prompts take the first free rows; a prefill gives each its first token
-            new = [waiting.popleft() for _ in range(n)]
-            idx = torch.tensor([r for r, i in enumerate(rows.prompt) if i < 0][:n], device=device)
-            for r, i in zip(idx.tolist(), new):
-                rows.prompt[r] = i
-            rows.budget[idx] = torch.tensor([budgets[i] for i in new], device=device)
-            rows.n_new[idx], rows.done[idx], rows.entropy[idx] = 0, False, 0.0
-            logits = prefill(model, rows.cache, [prompts[i] for i in new], idx)
-            rows.next_input[idx] = sample_next(logits, temperature, top_p, generator)
-            record(rows, idx, logits, eos, entropy)
-        # 2. decode steps until the next check; eagerly the first rows, attention reading to the longest
-        batch = len(running) + n
-        span = max_len if rows.static else min(int(rows.cache.lens[:batch].max()) + check_every, max_len)
-        decode = rows.static or functools.partial(decode_step, model, rows, batch, span)
-        for _ in range(check_every):  # feed each row its newest token through the cache, sample the next one
-            logits = decode()
-            idx = torch.arange(len(logits), device=device)  # every row on the static step, eagerly the first
-            rows.next_input[idx] = sample_next(logits, temperature, top_p, generator)
-            record(rows, idx, logits, eos, entropy)
-    if stats is not None and entropy:
-        stats["entropy"] = entropies
+        try:
+            if rows is None:  # B rows: at the start, and half as many after running out of memory
+                rows = static_rows(model, B, max_len) if cuda_graph else empty_rows(model, B, max_len)
+                group = min(B, refill_group or default_refill_group(model, B, max_len, cuda_graph))
+            # 1. the host check: hand back the ended answers, give free rows to the next waiting prompts
+            running = hand_back(rows, answers, entropies, progress)
+            if not running and not waiting:
+                break
+            free = B - len(running)  # a refill waits for `group` free rows, or for all the waiting prompts to fit
+            n = min(free, len(waiting)) if free >= min(group, len(waiting)) else 0
+            if not rows.static:  # eagerly the running rows move to the front, the new prompts' rows next
+                compact(rows, running)
+            if n:  # the next prompts take free rows, a prefill (of a preempted one's answer too) giving the next tokens
+                new = [waiting.popleft() for _ in range(n)]
+                idx = torch.tensor([r for r, i in enumerate(rows.prompt) if i < 0][:n], device=device)
+                for r, i in zip(idx.tolist(), new):
+                    rows.prompt[r] = i
+                rows.budget[idx] = torch.tensor([budgets[i] - len(answers[i]) for i in new], device=device)
+                rows.n_new[idx], rows.done[idx], rows.entropy[idx] = 0, False, 0.0
+                logits = prefill(model, rows.cache, [[*prompts[i], *answers[i]] for i in new], idx)
+                rows.next_input[idx] = sample_next(logits, temperature, top_p, generator)
+                record(rows, idx, logits, eos, entropy)
+            # 2. decode steps until the next check; eagerly the first rows, attention reading to the longest
+            batch = len(running) + n
+            span = max_len if rows.static else min(int(rows.cache.lens[:batch].max()) + check_every, max_len)
+            decode = rows.static or functools.partial(decode_step, model, rows, batch, span)
+            for _ in range(check_every):  # feed each row its newest token through the cache, sample the next one
+                logits = decode()
+                idx = torch.arange(len(logits), device=device)  # every row on the static step, eagerly the first
+                rows.next_input[idx] = sample_next(logits, temperature, top_p, generator)
+                record(rows, idx, logits, eos, entropy)
+        except torch.OutOfMemoryError as e:  # every running row back to the waiting queue, then half the rows
+            if B == 1:
+                raise torch.OutOfMemoryError(f"sample.py: out of memory with one row ({max_len} positions)") from e
+            if rows is not None:
+                hand_back(rows, answers, entropies, progress, waiting)
+            rows, B = None, B // 2  # their memory freed (static rows: by static_rows) before the new ones'
+            stats["rows"] = B
+            print(f"sample.py: out of memory; the rows halved to {B}", file=sys.stderr)
     return answers
 
 

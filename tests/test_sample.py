@@ -1,5 +1,6 @@
 """sample.py: prefill + decode_step against full recompute, greedy against transformers, the stream of prompts
-through fewer rows against one prompt at a time, budgets, seeds, the sampling law."""
+through fewer rows against one prompt at a time, budgets, seeds, the sampling law, the static rows kept between
+calls, running out of memory."""
 import math
 
 import pytest
@@ -250,3 +251,46 @@ def test_bad_input(make_checkpoint):
 def test_cli_prompt_longer_than_context_is_one_line(capsys):
     with pytest.raises(ValueError, match="exceeds the model's context of 128"):  # the toy's context
         sample.main(["--prompt", "1+" * 80 + "1"])
+
+
+def limit_positions(m, monkeypatch, limit: int, modes=("prefill", "decode")):
+    """The device's memory, simulated: a forward of more than `limit` token positions (B x T) in `modes` raises
+    torch.OutOfMemoryError."""
+    hidden_states = m.hidden_states
+
+    def limited(ids, *args, **kw):
+        if kw.get("mode") in modes and ids.numel() > limit:
+            raise torch.OutOfMemoryError(f"simulated: {tuple(ids.shape)} > {limit} positions")
+        return hidden_states(ids, *args, **kw)
+    monkeypatch.setattr(m, "hidden_states", limited)
+
+
+@pytest.mark.parametrize("path,max_batch,limit,rows", [
+    ("prefill", 6, 14, [3, 1]),       # the first prefill (6 prompts) fails, then a later one while a row runs
+    ("decode", 8, 3, [4, 2]),         # steps of 8 and 4 rows fail, each row with its first token
+    ("static decode", 8, 3, [4, 2]),  # the same on the static rows: new ones, of 4 then 2 rows
+])
+def test_out_of_memory_goes_on_with_fewer_rows(make_checkpoint, monkeypatch, capsys, path, max_batch, limit, rows):
+    """Out of memory in a prefill or a decode step, generate goes on with half the rows (again if need be), so the
+    prefill in smaller groups, the running answers kept and continued after their prompts: greedy output equals the
+    run without the limit; stderr and stats say how many rows were left."""
+    m = model_lib.load_model(make_checkpoint("llama"))
+    kw = dict(max_new_tokens=STREAM_BUDGETS, temperature=0, max_batch=max_batch, cuda_graph=path == "static decode")
+    free = sample.generate(m, STREAM_PROMPTS, **kw)
+    eos = [free[0][2], free[4][5]]
+    unlimited, stats = {}, {}
+    want = sample.generate(m, STREAM_PROMPTS, eos_ids=eos, stats=unlimited, entropy=True, **kw)
+    limit_positions(m, monkeypatch, limit, ("decode",) if "decode" in path else ("prefill",))
+    assert sample.generate(m, STREAM_PROMPTS, eos_ids=eos, stats=stats, entropy=True, **kw) == want
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sample.py")]
+    assert err == [f"sample.py: out of memory; the rows halved to {n}" for n in rows] and stats["rows"] == rows[-1]
+    assert stats["entropy"] == pytest.approx(unlimited["entropy"], rel=1e-4)  # a preempted answer's too
+    sample.held_static_rows = None
+
+
+def test_out_of_memory_with_one_row_is_an_error(make_checkpoint, monkeypatch):
+    """A limit below one row's needs: a clear error after halving down to one row, not an endless loop."""
+    m = model_lib.load_model(make_checkpoint("llama"))
+    limit_positions(m, monkeypatch, 0)
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory with one row"):
+        sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0, max_batch=8)
