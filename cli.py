@@ -72,6 +72,15 @@ def check_settings(cfg, rules: dict) -> None:
             raise ValueError(f"--{name.replace('_', '-')} {value}: expected {allowed}")
 
 
+def check_choices(cfg) -> None:
+    """Each Literal field of a config dataclass against its choices: API callers get the CLI's check too."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in fields(cfg):
+        kind = hints[f.name]
+        if typing.get_origin(kind) is Literal and getattr(cfg, f.name) not in typing.get_args(kind):
+            raise ValueError(f"{f.name}={getattr(cfg, f.name)!r}: expected one of {typing.get_args(kind)}")
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """"auto": cuda when available, else cpu. Asking for cuda without one is an error, not a slow surprise."""
     if name == "auto":

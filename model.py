@@ -130,14 +130,13 @@ def apply_rope(x, cos, sin):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The KV cache, allocated per generate call by sample.py, never stored on a module.
+# The KV cache (allocated by sample.py, never stored on a module) and attention in its three modes.
 
 @dataclass
 class KVCache:
     k: torch.Tensor      # (n_layers, B, n_kv_heads, max_len, head_dim): head-major, see new_kv_cache
     v: torch.Tensor      # same
     lens: torch.Tensor   # (B,) int32: tokens held for each row
-    filled: int = 0      # host-side bound on lens: attention reads positions [0, filled) only
 
 
 def new_kv_cache(cfg: ModelConfig, batch: int, max_len: int, dtype, device) -> KVCache:
@@ -159,47 +158,41 @@ def attention_backend(device) -> str:
 @dataclass
 class AttentionMeta:
     """What every layer's attention needs for one forward, worked out once rather than once per layer."""
+    mode: str                           # "causal" (no cache), "prefill" or "decode": see attention
     positions: torch.Tensor             # (B, T) position of each input token
-    cache: KVCache | None = None        # None: a plain causal forward (training)
+    cache: KVCache | None = None        # None in "causal" mode
     backend: str = "torch"              # attention_backend()
     rows: torch.Tensor | None = None    # (B, 1) cache row of each input row, for writing its k/v
     lens: torch.Tensor | None = None    # (B,) valid positions per row: the prompt (prefill) or prefix (decode)
-    mask: torch.Tensor | None = None    # (B, 1, 1, S) decode with torch: which cache positions are valid
 
 
-def attention_meta(positions, cache: KVCache | None, rows=None) -> AttentionMeta:
+def attention_meta(mode: str, positions, cache: KVCache | None, rows=None) -> AttentionMeta:
     """rows: which cache rows the B input rows fill (default 0..B-1). A prefill reads each row's prompt length
     from cache.lens, which the caller sets first, so the Triton kernel skips blocks of padding."""
-    meta = AttentionMeta(positions, cache, attention_backend(positions.device))
+    if mode not in ("causal", "prefill", "decode") or (cache is None) != (mode == "causal"):
+        raise ValueError(f"attention mode {mode!r} with {'no' if cache is None else 'a'} KV cache: expected "
+                         f"'causal' without one, 'prefill' or 'decode' with one")
+    meta = AttentionMeta(mode, positions, cache, attention_backend(positions.device))
     if cache is not None:
-        B, T = positions.shape
+        B = positions.shape[0]
         meta.rows = (torch.arange(B, device=positions.device) if rows is None else rows)[:, None]
-        meta.lens = cache.lens[meta.rows[:, 0]] if T > 1 else positions[:, 0] + 1  # prompt / prefix lengths
-        if T == 1 and meta.backend == "torch":
-            meta.mask = (torch.arange(cache.filled, device=positions.device) < meta.lens[:, None])[:, None, None]
+        meta.lens = cache.lens[meta.rows[:, 0]] if mode == "prefill" else positions[:, 0] + 1
     return meta
 
 
 def attention(q, k, v, meta: AttentionMeta, layer: int):
-    """The one attention function. q: (B, T, Hq, D); k, v: (B, T, Hkv, D). No cache: plain causal attention
-    (training, full forward). With a cache, k/v are written at their positions first; T > 1 is a prefill of
-    right-padded prompts from position 0, T == 1 a decode step against each row's cached prefix."""
-    cache = meta.cache
-    if cache is not None:
-        cache.k[layer].transpose(1, 2)[meta.rows, meta.positions] = k
-        cache.v[layer].transpose(1, 2)[meta.rows, meta.positions] = v
-    if cache is not None and q.shape[1] == 1:
-        K, V = cache.k[layer, :, :, :cache.filled], cache.v[layer, :, :, :cache.filled]  # (B, Hkv, S, D)
+    """The one attention function. q: (B, T, Hq, D); k, v: (B, T, Hkv, D). Modes: "causal", plain causal
+    attention (training, a full forward); "prefill", right-padded prompts from position 0, and "decode", one
+    token per row (T = 1) against its cached prefix, both writing k/v into the cache at their positions first."""
+    if meta.mode != "causal":
+        meta.cache.k[layer].transpose(1, 2)[meta.rows, meta.positions] = k
+        meta.cache.v[layer].transpose(1, 2)[meta.rows, meta.positions] = v
+    if meta.mode == "decode":  # the cache's (B, Hkv, S, D) storage seen as (B, S, Hkv, D), as the kernel takes it
+        K, V = meta.cache.k[layer].transpose(1, 2), meta.cache.v[layer].transpose(1, 2)
         if meta.backend == "triton":
-            return triton_kernels.attention_decode(q[:, 0], K.transpose(1, 2), V.transpose(1, 2), meta.lens)[:, None]
-        if q.device.type == "cpu":  # small matmuls per (row, kv head): torch 2.14's CPU SDPA was up to 2x slower
-            (B, _, Hq, D), (Hkv, S) = q.shape, K.shape[1:3]  # each kv head's G query heads act as its G queries
-            scores = torch.bmm(q.view(B * Hkv, Hq // Hkv, D), K.reshape(B * Hkv, S, D).transpose(1, 2)) * D ** -0.5
-            probs = scores.view(B, Hkv, -1, S).float().masked_fill(~meta.mask, float("-inf")).softmax(-1)
-            return torch.bmm(probs.to(V.dtype).view(B * Hkv, -1, S), V.reshape(B * Hkv, S, D)).view(B, 1, Hq, D)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), K, V, attn_mask=meta.mask, enable_gqa=True)
-        return out.transpose(1, 2)
-    if cache is not None and meta.backend == "triton":
+            return triton_kernels.attention_decode(q[:, 0], K, V, meta.lens)[:, None]
+        return triton_kernels.attention_decode_reference(q[:, 0], K, V, meta.lens)[:, None]
+    if meta.mode == "prefill" and meta.backend == "triton":
         return triton_kernels.attention_prefill(q, k, v, meta.lens)
     # right padding + causality: a valid position never looks at padding, so no extra mask is needed
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -279,15 +272,17 @@ class Transformer(nn.Module):
     def head_weight(self) -> torch.Tensor:  # (vocab, hidden)
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def hidden_states(self, input_ids, cache: KVCache | None = None, positions=None, rows=None):
-        """Final-norm hidden states (B, T, hidden). positions (B, T) default to 0..T-1 for every row; with a
-        cache, rows (B,) are the cache rows the inputs fill (default 0..B-1)."""
+    def hidden_states(self, input_ids, cache: KVCache | None = None, positions=None, rows=None,
+                      mode: str = "causal"):
+        """Final-norm hidden states (B, T, hidden). positions (B, T) default to 0..T-1 for every row. mode (see
+        attention): "causal" without a cache; with one, "prefill" or "decode", rows (B,) the cache rows the inputs
+        fill (default 0..B-1)."""
         B, T = input_ids.shape
         if positions is None:
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(self.config, positions, x.dtype)
-        meta = attention_meta(positions, cache, rows)
+        meta = attention_meta(mode, positions, cache, rows)
         for layer in self.model.layers:
             if self.checkpoint_layers and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, meta, use_reentrant=False)

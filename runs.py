@@ -312,10 +312,34 @@ def metric_text(m: dict) -> str:
     return " ".join(f"{k} {m[k]:.1f}" for k in ("pass@1", "pass@8", "pass@32") if k in m)
 
 
-def report_eval(out: str, r: int, result: dict, eval_temperature: float, title: str) -> None:
-    append_metrics(out, dict(round=r, **result))
-    print(f"eval round {r} τ={result['eval_temperature']} | {metric_text(result)} ({result['seconds_eval']:.0f}s)")
-    write_plot(out, eval_temperature, title)
+def report_eval(cfg, r: int, result: dict) -> None:
+    """An evaluation of round r (cfg: sept_loop's SePTConfig) into metrics.jsonl, the console and plot.png."""
+    append_metrics(cfg.out, dict(round=r, **result))
+    rows = f", {result['sample_rows']} rows" if "sample_rows" in result else ""  # fewer: memory ran out
+    seconds = f"{result['seconds_eval']:.0f}s{rows}"
+    print(f"eval round {r} τ={result['eval_temperature']} | {metric_text(result)} ({seconds})")
+    title = f"{cfg.algo} on {os.path.basename(cfg.model.rstrip('/'))}" + (" (offline)" if cfg.offline else "")
+    write_plot(cfg.out, cfg.eval_temperature, title)
+
+
+def keep_smaller(cfg, **sizes) -> dict:
+    """Sizes that memory made smaller (sample.generate's rows, train_step's micro-batches), kept in cfg (sept_loop's
+    SePTConfig) for the rest of the run and in its config.json for --resume. Returns those that changed."""
+    smaller = {k: v for k, v in sizes.items() if v < getattr(cfg, k)}
+    if smaller:
+        cfg.__dict__.update(smaller)
+        path = os.path.join(cfg.out, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        write_json(path, {**config, **smaller})
+    return smaller
+
+
+def stop_if_not_finite(steps: list[dict], r: int, cfg) -> None:
+    if steps[-1]["skipped"]:
+        raise SystemExit(f"error: round {r}, update {len(steps)}: the loss or gradient norm is not finite "
+                         f"(loss {steps[-1]['loss']}, grad norm {steps[-1]['grad_norm']}); stopping. The weights "
+                         f"are untouched; the last good checkpoint is {find_checkpoint(cfg.out) or cfg.model}")
 
 
 def summary(out: str, eval_temperature: float) -> str:

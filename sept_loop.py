@@ -37,8 +37,7 @@ import train
 from data import grading, prompts, questions
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TOY = os.path.join(HERE, "data", "toy")
-FORK = os.path.join(HERE, "data", "toy-fork")  # the toy world with a systematic slip (data/README.md: the fork world)
+TOY, FORK = (os.path.join(HERE, "data", name) for name in ("toy", "toy-fork"))  # toy-fork: data/README.md
 TAU_EFF_ANSWERS = 32  # answers a round's τ_eff is measured on: enough positions for one number, 2 short forwards
 
 
@@ -68,7 +67,7 @@ class SePTConfig(train.TrainConfig):
     tau_s_ramp: float = 2 / 3           # fraction of the rounds over which τs moves, then held
     couple: bool = False                # ablation: τt = τs every round
     offline: bool = False               # ablation: all answers drawn once from the initial model at tau_s_start
-    offline_eos: bool = False           # --offline: each answer ends with the tokenizer's EOS, cut-off ones too (verl SFT)
+    offline_eos: bool = False           # --offline: every answer ends with the tokenizer's EOS (verl's SFT data)
     top_p: float = 1.0                  # nucleus mass when sampling training answers
     max_prompt_tokens: int = 1024       # longer prompts are an error
     max_response_tokens: int = 3072     # answers are cut here (and kept whole for training)
@@ -78,17 +77,18 @@ class SePTConfig(train.TrainConfig):
     eval_max_questions: int = 0         # use the first N questions of each test file (0 = all)
     sweep: str = ""                     # e.g. 0.0,0.2,0.4: evaluate the initial model at these τ, then stop
     compare: str = ""                   # run folders, comma-separated: plot them together into --out (a .png)
-    sample_batch: int = 256             # rows of the sampling stream (bounds the KV cache's memory)
+    sample_batch: int = 256             # rows of the sampling stream (its KV cache); 0 = what fits in free GPU memory
     checkpoint_every: int = 10          # write checkpoints/last every this many rounds (resume point)
     save_every: int = 50                # also keep checkpoints/round_NNNN every this many rounds (0 = never)
     seed: int = 0                       # every random choice is a pure function of (seed, round)
     device: str = "auto"                # auto = cuda when available, else cpu
-    sample_dtype: Literal[("auto", *model_lib.DTYPES)] = "auto"  # auto = bfloat16 on cuda, float32 on cpu (master: fp32)
+    sample_dtype: Literal[("auto", *model_lib.DTYPES)] = "auto"  # auto = bfloat16 on cuda, float32 on cpu
     export_verl: str = ""               # write DIR/run.sh + DIR/data/ for the official verl recipe (8 GPUs), then stop
 
 
 # The official scripts run 3 epochs (the default), average the loss over micro-batches of 4 answers per GPU
-PAPER = dict(warmup_steps=10, activation_checkpointing=True, micro_batch_tokens=32768, save_every=300, loss_group=4)
+PAPER = dict(warmup_steps=10, activation_checkpointing=True, micro_batch_tokens=32768, save_every=300, loss_group=4,
+             sample_batch=0)
 TOY_WORLD = dict(model=TOY, train_questions=os.path.join(TOY, "train.jsonl"), template="toy",
                  test_questions=os.path.join(TOY, "test.jsonl"), max_response_tokens=64, eval_every=2,
                  sample_batch=2048, checkpoint_every=1, save_every=0, lr=1e-4, warmup_steps=3, rounds=10)
@@ -126,13 +126,9 @@ def tau_s_at(r: int, cfg: SePTConfig) -> float:
     return cfg.tau_s_start + (cfg.tau_s_end - cfg.tau_s_start) * progress
 
 
-def tau_t_at(tau_s: float, cfg: SePTConfig) -> float:
-    return tau_s if cfg.couple else cfg.tau_t
-
-
 def round_config(cfg: SePTConfig, tau_s: float) -> SePTConfig:
     """The trainer's settings for a round at τs: τt (= τs when coupled), a cosine lr schedule over the rounds."""
-    return dataclasses.replace(cfg, tau_t=tau_t_at(tau_s, cfg), total_steps=cfg.total_steps or cfg.rounds)
+    return dataclasses.replace(cfg, tau_t=tau_s if cfg.couple else cfg.tau_t, total_steps=cfg.total_steps or cfg.rounds)
 
 
 def questions_for_round(r: int, n_questions: int, cfg: SePTConfig) -> list[int]:
@@ -154,14 +150,16 @@ def seed_for(cfg: SePTConfig, purpose: str, r: int) -> int:
 # The steps of a round: answer, train, evaluate.
 
 def draw_answers(sampler: model_lib.Transformer, prompts_ids: list[list[int]], *, tau: float, max_new_tokens: int,
-                 top_p: float, stop_ids, batch: int, seed: int, desc: str = "") -> tuple[list[list[int]], list[float]]:
-    """An answer (token ids) to each prompt at temperature τ, and the mean entropy of the model's next-token
-    distribution over it: one stream through `batch` rows, each row taking the next prompt when its answer ends."""
+                 top_p: float, stop_ids, batch: int, seed: int, desc: str = "",
+                 entropy: bool = True) -> tuple[list[list[int]], list[float] | None, int]:
+    """An answer (token ids) to each prompt at temperature τ, with entropy=True the mean entropy of the model's
+    next-token distribution over it, and the rows that went on (fewer than `batch` if memory ran out)."""
     stats = {}
     with tqdm(total=len(prompts_ids), desc=desc, leave=False, disable=len(prompts_ids) <= batch) as bar:
         responses = sample.generate(sampler, prompts_ids, max_new_tokens=max_new_tokens, temperature=tau, top_p=top_p,
-                                    eos_ids=stop_ids, seed=seed, stats=stats, max_batch=batch, progress=bar.update)
-    return responses, stats["entropy"]
+                                    eos_ids=stop_ids, seed=seed, stats=stats, entropy=entropy, max_batch=batch,
+                                    progress=bar.update)
+    return responses, stats["entropy"], stats["rows"]
 
 
 def train_on_answers(master: model_lib.Transformer, optimizer, pairs: list[train.Pair], step: int,
@@ -194,17 +192,6 @@ def train_on_answers(master: model_lib.Transformer, optimizer, pairs: list[train
     return steps, dict(logit_scale=scale, seconds_tau_eff=round(seconds + time.time() - t0, 2))
 
 
-def group_advantages(rewards: list[float], group: int) -> list[float]:
-    """GRPO's advantage of each answer: (r - mean) / (std + 1e-6) over the G answers to its question (verl's
-    grpo estimator: unbiased std, and a group of one keeps its reward). Equal rewards give 0: no signal."""
-    out = []
-    for g in range(0, len(rewards), group):
-        r = torch.tensor(rewards[g:g + group], dtype=torch.float64)
-        mean, std = (r.mean(), r.std()) if len(r) > 1 else (torch.tensor(0.0), torch.tensor(1.0))
-        out += ((r - mean) / (std + 1e-6)).tolist()
-    return out
-
-
 def evaluate(sampler: model_lib.Transformer, tokenizer: prompts.Tokenizer, test_sets: dict, *, n: int, tau: float,
              max_new_tokens: int, batch: int, seed: int) -> dict:
     """n answers per test question at τ, graded: pass@k (percent) per set and averaged over sets. Every set's
@@ -213,8 +200,9 @@ def evaluate(sampler: model_lib.Transformer, tokenizer: prompts.Tokenizer, test_
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
     asked = [(name, q, p) for name, (qs, prompt_ids) in test_sets.items() for q, p in zip(qs, prompt_ids)
              for _ in range(n)]
-    responses, _ = draw_answers(sampler, [p for _, _, p in asked], tau=tau, top_p=1.0, max_new_tokens=max_new_tokens,
-                                stop_ids=tokenizer.stop_ids, batch=batch, seed=seed, desc=f"eval τ={tau}")
+    responses, _, rows = draw_answers(sampler, [p for _, _, p in asked], tau=tau, top_p=1.0,
+                                      max_new_tokens=max_new_tokens, stop_ids=tokenizer.stop_ids, batch=batch,
+                                      seed=seed, desc=f"eval τ={tau}", entropy=False)  # entropy: not needed
     grades = grading.grade_many([tokenizer.decode(r) for r in responses], [q.answer for _, q, _ in asked])
     for name, (qs, _) in test_sets.items():
         mine = [g for (set_name, _, _), g in zip(asked, grades) if set_name == name]  # n per question, in order
@@ -223,12 +211,16 @@ def evaluate(sampler: model_lib.Transformer, tokenizer: prompts.Tokenizer, test_
     result = grading.mean_over_benchmarks(tables) if len(tables) > 1 else dict(next(iter(tables.values())))
     if len(tables) > 1:
         result["benchmarks"] = tables
+    if rows < batch:  # memory ran out
+        result["sample_rows"] = rows
     return dict(result, eval_temperature=tau, seconds_eval=round(time.time() - t0, 2))
 
 
 def evaluate_at(cfg: SePTConfig, sampler, tokenizer, test_sets: dict, tau: float, seed: int) -> dict:
-    return evaluate(sampler, tokenizer, test_sets, n=cfg.eval_n, tau=tau, max_new_tokens=cfg.max_response_tokens,
-                    batch=cfg.sample_batch, seed=seed)
+    result = evaluate(sampler, tokenizer, test_sets, n=cfg.eval_n, tau=tau, max_new_tokens=cfg.max_response_tokens,
+                      batch=cfg.sample_batch, seed=seed)
+    runs.keep_smaller(cfg, sample_batch=result.get("sample_rows", cfg.sample_batch))
+    return result
 
 
 def offline_answers(cfg: SePTConfig, sampler, train_ids: list[list[int]], stop_ids) -> dict:
@@ -237,10 +229,11 @@ def offline_answers(cfg: SePTConfig, sampler, train_ids: list[list[int]], stop_i
     if not os.path.isfile(os.path.join(cfg.out, "offline.jsonl")):
         used = sorted({i for r in range(1, cfg.rounds + 1) for i in questions_for_round(r, len(train_ids), cfg)})
         used = [i for i in used for _ in range(cfg.rollouts)]
-        responses, entropies = draw_answers(sampler, [train_ids[i] for i in used], tau=cfg.tau_s_start,
-                                            max_new_tokens=cfg.max_response_tokens, top_p=cfg.top_p,
-                                            stop_ids=stop_ids, batch=cfg.sample_batch,
-                                            seed=seed_for(cfg, "train", 0), desc="offline answers")
+        responses, entropies, rows = draw_answers(sampler, [train_ids[i] for i in used], tau=cfg.tau_s_start,
+                                                  max_new_tokens=cfg.max_response_tokens, top_p=cfg.top_p,
+                                                  stop_ids=stop_ids, batch=cfg.sample_batch,
+                                                  seed=seed_for(cfg, "train", 0), desc="offline answers")
+        runs.keep_smaller(cfg, sample_batch=rows)
         runs.write_offline(cfg.out, used, responses, entropies)
     return runs.read_offline(cfg.out)
 
@@ -255,21 +248,6 @@ def offline_round(offline: dict, fresh: list[int], cfg: SePTConfig, tokenizer) -
         stop = set(tokenizer.stop_ids)
         responses = [(r[:-1] if r and r[-1] in stop else r) + [tokenizer.eos_id] for r in responses]
     return responses, [entropy for _, entropy in answers]
-
-
-def stop_if_not_finite(steps: list[dict], r: int, cfg: SePTConfig) -> None:
-    if steps[-1]["skipped"]:
-        sys.exit(f"error: round {r}, update {len(steps)}: the loss or gradient norm is not finite "
-                 f"(loss {steps[-1]['loss']}, grad norm {steps[-1]['grad_norm']}); stopping. The weights are "
-                 f"untouched; the last good checkpoint is {runs.find_checkpoint(cfg.out) or cfg.model}")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# What a round reports (runs.py formats and writes it).
-
-def report_eval(cfg: SePTConfig, r: int, result: dict) -> None:
-    title = f"{cfg.algo} on {os.path.basename(cfg.model.rstrip('/'))}" + (" (offline)" if cfg.offline else "")
-    runs.report_eval(cfg.out, r, result, cfg.eval_temperature, title)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -311,8 +289,8 @@ def resolve_config(argv: list[str] | None = None) -> SePTConfig:
 
 # What each setting may be, checked before anything is loaded (check_config): {field: (holds, allowed values)}.
 RULES = {**train.RULES, **dict.fromkeys("epochs batch_prompts rollouts updates_per_round eval_n checkpoint_every "
-                                        "max_prompt_tokens max_response_tokens sample_batch".split(), cli.AT_LEAST_1),
-         **dict.fromkeys(("rounds", "eval_every", "save_every", "eval_max_questions"), cli.AT_LEAST_0),
+                                        "max_prompt_tokens max_response_tokens".split(), cli.AT_LEAST_1),
+         **dict.fromkeys(("rounds", "eval_every", "save_every", "eval_max_questions", "sample_batch"), cli.AT_LEAST_0),
          "tau_s_start": cli.POSITIVE, "tau_s_end": cli.POSITIVE, "eval_temperature": cli.NON_NEGATIVE,
          "tau_s_ramp": cli.FRACTION, "top_p": cli.PROBABILITY,
          "sweep": (lambda v: not v or all(t.strip().replace(".", "", 1).isdigit() for t in v.split(",")),
@@ -375,20 +353,25 @@ def main(argv=None):
         resolve_rounds(cfg, len(train_qs))
     ckpt, start = runs.resume_point(cfg.out, min(cfg.checkpoint_every, cfg.rounds)) if cfg.resume else (None, 0)
     master = model_lib.load_model(ckpt or cfg.model, device, torch.float32)
-    sampler = train.make_sampler(master, sample_dtype)
+    sampler = sample.make_sampler(master, sample_dtype)
     optimizer = train.make_optimizer(master, round_config(cfg, cfg.tau_s_start))
     if ckpt:
         runs.load_optimizer(optimizer, os.path.join(ckpt, "optimizer.safetensors"))
         print(f"resuming {cfg.out} after round {start} ({ckpt})")
-    resolved = dict(stop_ids={tokenizer.decode([i]): i for i in tokenizer.stop_ids})
+    # --sample-batch 0: the rows of KV cache that fit in free memory, leaving training its gradients and moments
+    longest = max(len(p) for ids in [train_ids, *(ids for _, ids in test_sets.values())] for p in ids)
+    reserve = (4 if optimizer.state else 12) * sum(p.numel() for p in master.parameters())
+    rows = cfg.sample_batch or sample.rows_that_fit(sampler, longest + cfg.max_response_tokens, reserve)
+    resolved = dict(stop_ids={tokenizer.decode([i]): i for i in tokenizer.stop_ids}, sample_batch=rows)
     print("config " + json.dumps(asdict(cfg)))
-    print(f"answers end at {resolved['stop_ids']} (--stop {cfg.stop})")
+    print(f"answers end at {resolved['stop_ids']} (--stop {cfg.stop}); {rows} rows of sampling")
     runs.start_run(cfg.out, dict(asdict(cfg), resolved=resolved), start if ckpt else -1)
+    cfg.sample_batch = rows
     if cfg.sweep:
         return sweep(cfg, sampler, tokenizer, test_sets)
     if start == 0:
-        report_eval(cfg, 0, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
-                                        seed_for(cfg, "eval", 0)))
+        runs.report_eval(cfg, 0, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
+                                             seed_for(cfg, "eval", 0)))
     offline = offline_answers(cfg, sampler, train_ids, tokenizer.stop_ids) if cfg.offline else None
     tau_eff, tau_theorem1 = runs.temperatures_after(cfg.out, start)  # 1, 1 before any training
 
@@ -400,10 +383,13 @@ def main(argv=None):
         rcfg = round_config(cfg, tau_s)
         # 2. the current model answers them at τs (offline: the initial model's answers, drawn once)
         t0 = time.time()
-        responses, entropies = offline_round(offline, fresh, cfg, tokenizer) if cfg.offline else draw_answers(
-            sampler, [train_ids[i] for i in picked], tau=tau_s, max_new_tokens=cfg.max_response_tokens,
-            top_p=cfg.top_p, stop_ids=tokenizer.stop_ids, batch=cfg.sample_batch,
-            seed=seed_for(cfg, "train", r), desc=f"round {r} sample")
+        if cfg.offline:
+            (responses, entropies), rows = offline_round(offline, fresh, cfg, tokenizer), cfg.sample_batch
+        else:
+            responses, entropies, rows = draw_answers(
+                sampler, [train_ids[i] for i in picked], tau=tau_s, max_new_tokens=cfg.max_response_tokens,
+                top_p=cfg.top_p, stop_ids=tokenizer.stop_ids, batch=cfg.sample_batch,
+                seed=seed_for(cfg, "train", r), desc=f"round {r} sample")
         t1 = time.time()
         texts = [tokenizer.decode(resp) for resp in responses]
         grades = grading.grade_many(texts, [train_qs[i].answer for i in picked])
@@ -412,17 +398,15 @@ def main(argv=None):
         #    or the clipped surrogate of each answer's group-normalized reward (--algo grpo, the RLVR baseline)
         kept = [k for k, resp in enumerate(responses) if resp]
         pairs = [(train_ids[picked[k]], responses[k]) for k in kept]
-        advantages = group_advantages(rewards, cfg.rollouts) if cfg.algo == "grpo" else None
+        advantages = grading.group_advantages(rewards, cfg.rollouts) if cfg.algo == "grpo" else None
         t2 = time.time()
         steps, sharpening = train_on_answers(master, optimizer, pairs, r - 1, rcfg, cfg.updates_per_round,
                                              seed_for(cfg, "shuffle", r), f"round {r} train",
                                              None if advantages is None else [advantages[k] for k in kept])
-        stop_if_not_finite(steps, r, cfg)
-        if rcfg.micro_batch_tokens < cfg.micro_batch_tokens:  # memory ran out: the smaller size, from now on
-            cfg.micro_batch_tokens = rcfg.micro_batch_tokens
-            runs.write_json(os.path.join(cfg.out, "config.json"), dict(asdict(cfg), resolved=resolved))
+        runs.stop_if_not_finite(steps, r, cfg)
+        smaller = runs.keep_smaller(cfg, sample_batch=rows, micro_batch_tokens=rcfg.micro_batch_tokens)
         # 4. refresh the sampling copy: the next round samples from the updated model
-        train.refresh_sampler(master, sampler)
+        sample.refresh_sampler(master, sampler)
         t3 = time.time()
         # 5. how far the rounds have sharpened the model: the base model's temperature it now matches (τ_eff, each
         #    round's 1/factor multiplied), beside Theorem 1's prediction at convergence, the product of τs/τt
@@ -431,12 +415,13 @@ def main(argv=None):
         # 6. log, evaluate every K rounds, and keep the checkpoint `last` (the resume point)
         line = dict(runs.round_metrics(r, tau_s, rcfg.tau_t, steps, responses, entropies, grades, tokenizer),
                     **(runs.reward_metrics(rewards, cfg.rollouts) if cfg.algo == "grpo" else {}),
-                    tau_eff=tau_eff, tau_theorem1=tau_theorem1, **sharpening, seconds_sampling=round(t1 - t0, 2),
+                    tau_eff=tau_eff, tau_theorem1=tau_theorem1, **sharpening, **smaller,
+                    seconds_sampling=round(t1 - t0, 2),
                     seconds_training=round(t3 - t2 - sharpening["seconds_tau_eff"], 2))
         runs.log_round(cfg.out, line, [train_qs[i] for i in picked], responses, texts, grades)
         if r == cfg.rounds or (cfg.eval_every and r % cfg.eval_every == 0):
-            report_eval(cfg, r, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
-                                            seed_for(cfg, "eval", r)))
+            runs.report_eval(cfg, r, evaluate_at(cfg, sampler, tokenizer, test_sets, cfg.eval_temperature,
+                                                 seed_for(cfg, "eval", r)))
         if r == cfg.rounds or r % cfg.checkpoint_every == 0:
             runs.save_checkpoint(cfg.out, "last", master, optimizer, r, cfg.model)
         if cfg.save_every and r % cfg.save_every == 0:

@@ -10,7 +10,7 @@ lines and writes an HF-format checkpoint.
         --batch-size 64 --activation-checkpointing                                                # one GPU
 
 Precision: fp32 master weights and fp32 AdamW state; forward and backward under bf16 autocast on CUDA, plain
-fp32 on the CPU; sampling from a bf16 copy refreshed in place after training (`make_sampler`, `refresh_sampler`).
+fp32 on the CPU; sampling from a bf16 copy refreshed in place after training (sample.make_sampler).
 The paper's lr 1e-7 is why: measured on CPU, AdamW at lr 1e-7 on bf16 weights moved 0.12 % of them in 10
 steps, on fp32 weights 99.9 % (bf16 keeps 8 significant bits: a step below ~0.2 % of a weight rounds away).
 """
@@ -20,8 +20,7 @@ import math
 import os
 import sys
 import time
-import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -31,7 +30,7 @@ import cli
 from data.prompts import load_tokenizer
 from data.questions import load_pairs
 import runs
-from model import Transformer, empty_model, load_model, save_model
+from model import Transformer, load_model, save_model
 
 IGNORE = -100  # target of prompt and padding positions: no loss there (the same value as HF's labels)
 Pair = tuple[list[int], list[int]]  # (prompt ids, response ids): EOS last when generated; cut-off ones kept whole
@@ -53,7 +52,7 @@ class TrainConfig:
     tau_t: float = 1.0                  # τt: training temperature, logits / τt before the softmax
     loss: Literal["ce", "em"] = "ce"    # ce: SePT, cross-entropy on own answers; em: EM-FT, minimize entropy
     loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"  # see loss_weights
-    loss_group: int = 0                 # answers per loss_agg group, groups weighing alike (verl: its micro-batch); 0 = all
+    loss_group: int = 0                 # answers per loss_agg group, alike in weight (verl: a micro-batch); 0 = all
     clip_ratio: float = 0.2             # ε of GRPO's clipped surrogate (verl's default clip_ratio)
     clip_ratio_c: float = 3.0           # GRPO's dual clip: a negative advantage's loss stops at c·|A| (verl's default)
     micro_batch_tokens: int = 16384     # padded tokens per micro-batch (forward + backward at once)
@@ -61,11 +60,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute layers in backward: less memory, ~1/3 more compute
 
     def __post_init__(self):  # API callers get the CLI's checks on the Literal fields too
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):
-            kind = hints[f.name]
-            if typing.get_origin(kind) is Literal and getattr(self, f.name) not in typing.get_args(kind):
-                raise ValueError(f"{f.name}={getattr(self, f.name)!r}: expected one of {typing.get_args(kind)}")
+        cli.check_choices(self)
 
 
 # What each trainer setting may be, checked by both CLIs before any work (cli.check_settings).
@@ -330,13 +325,13 @@ def logit_scale(before: torch.Tensor, after: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Optimizer, one update, and the sampling copy (the optimizer state on disk: runs.py).
+# Optimizer and one update (the optimizer state on disk: runs.py).
 
 def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
     params = list(model.parameters())
     if any(p.dtype != torch.float32 for p in params):  # lr 1e-7 updates vanish in bf16 weights (see top)
         raise ValueError("training needs fp32 master weights: load_model(path, device, torch.float32); "
-                         "sample from make_sampler(model, torch.bfloat16)")
+                         "sample from sample.make_sampler(model, torch.bfloat16)")
     return torch.optim.AdamW(params, lr=lr_at(0, cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                              weight_decay=cfg.weight_decay, fused=params[0].device.type == "cuda" or None)
 
@@ -395,28 +390,6 @@ def fit_less(pairs: list[Pair], cfg: TrainConfig) -> None:
         torch.cuda.empty_cache()  # the failed try's blocks back to the device before the smaller one
     print(f"train: out of memory; micro-batches of at most {cfg.micro_batch_tokens} tokens from now on",
           file=sys.stderr)
-
-
-def make_sampler(master: Transformer, dtype: torch.dtype) -> Transformer:
-    """A copy of `master` in `dtype` for sampling. When dtype is the master's own (fp32 on the CPU) the sampler
-    IS the master: one copy serves both and refresh_sampler does nothing."""
-    if dtype == master.head_weight.dtype:
-        return master
-    sampler = empty_model(master.config, master.head_weight.device, dtype)
-    refresh_sampler(master, sampler)
-    return sampler.eval()
-
-
-@torch.no_grad()
-def refresh_sampler(master: Transformer, sampler: Transformer) -> None:
-    """Copy (and cast) the master weights into the sampler's existing storage: no reallocation."""
-    if sampler is master:
-        return
-    src, dst = dict(master.named_parameters()), dict(sampler.named_parameters())
-    if src.keys() != dst.keys():
-        raise ValueError(f"sampler and master differ in parameters: {sorted(src.keys() ^ dst.keys())[:4]}")
-    for name, p in dst.items():
-        p.copy_(src[name])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -56,16 +56,21 @@ def attention_prefill_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 def attention_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                lens: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """One query per row over cache positions [0, lens[b]). q: [B, Hq, D], caches: [B, S, Hkv, D] -> [B, Hq, D]."""
+    """One query per row over cache positions [0, lens[b]). q: [B, Hq, D], caches: [B, S, Hkv, D] -> [B, Hq, D].
+    Two batched matmuls per (row, kv head), each kv head's G query heads acting as its G queries; scores in q's
+    dtype, the softmax in fp32. It is also the CPU's decode attention (torch's CPU SDPA ran up to 2x slower once
+    torch.set_num_threads was called): model.py's head-major cache, [B, Hkv, S, D] handed over transposed, makes
+    the reshapes below views, so no key or value is copied."""
     B, Hq, D = q.shape
-    S, G = k_cache.shape[1], Hq // k_cache.shape[2]
+    S, Hkv = k_cache.shape[1], k_cache.shape[2]
     scale = D ** -0.5 if scale is None else scale
-    kf = k_cache.float().repeat_interleave(G, dim=2)                 # [B, S, Hq, D]
-    vf = v_cache.float().repeat_interleave(G, dim=2)
-    scores = torch.einsum("bhd,bshd->bhs", q.float(), kf) * scale    # [B, Hq, S]
-    valid = torch.arange(S, device=q.device)[None, :] < lens.view(B, 1)  # [B, S]
-    probs = scores.masked_fill(~valid[:, None, :], float("-inf")).softmax(-1)
-    return torch.einsum("bhs,bshd->bhd", probs, vf).to(q.dtype)
+    K = k_cache.transpose(1, 2).reshape(B * Hkv, S, D)                   # [B*Hkv, S, D]
+    V = v_cache.transpose(1, 2).reshape(B * Hkv, S, D)
+    scores = torch.bmm(q.reshape(B * Hkv, Hq // Hkv, D), K.transpose(1, 2)) * scale  # [B*Hkv, G, S]
+    valid = torch.arange(S, device=q.device) < lens.view(B, 1)          # [B, S]
+    scores = scores.view(B, Hkv, Hq // Hkv, S).float().masked_fill(~valid[:, None, None], float("-inf"))
+    probs = scores.softmax(-1).to(V.dtype).view(B * Hkv, Hq // Hkv, S)
+    return torch.bmm(probs, V).view(B, Hq, D)
 
 
 # ----------------------------------------------------------------------------- kernels

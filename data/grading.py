@@ -29,6 +29,7 @@ import math
 import os
 import re
 import select
+import statistics
 import subprocess
 import sys
 import threading
@@ -408,3 +409,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def group_advantages(rewards: list[float], group: int) -> list[float]:
+    """GRPO's advantage of each answer: (r - mean) / (std + 1e-6) over the G answers to its question (verl's
+    grpo estimator: unbiased std, and a group of one keeps its reward). Equal rewards give 0: no signal."""
+    out = []
+    for g in range(0, len(rewards), group):
+        r = rewards[g:g + group]
+        mean, std = (statistics.mean(r), statistics.stdev(r)) if len(r) > 1 else (0.0, 1.0)
+        out += [(x - mean) / (std + 1e-6) for x in r]
+    return out

@@ -10,6 +10,7 @@ import torch
 from conftest import write_checkpoint
 
 import sept_loop
+from data import grading
 import train
 from model import load_model
 from train import IGNORE, PolicyTargets, TrainConfig
@@ -92,12 +93,12 @@ def test_dual_clip_and_the_log_ratio_clamp_stop_the_gradient():
 
 
 def test_group_advantages():
-    assert sept_loop.group_advantages([1, 1, 1, 1, 0, 0, 0, 0], 4) == [0.0] * 8  # equal rewards: no signal
-    adv = sept_loop.group_advantages([1, 0, 0, 0, 1, 1, 0, 0], 4)
+    assert grading.group_advantages([1, 1, 1, 1, 0, 0, 0, 0], 4) == [0.0] * 8  # equal rewards: no signal
+    adv = grading.group_advantages([1, 0, 0, 0, 1, 1, 0, 0], 4)
     std1 = math.sqrt(((0.75 ** 2) + 3 * 0.25 ** 2) / 3)  # unbiased, as verl's torch.std
     assert adv[:4] == pytest.approx([0.75 / (std1 + 1e-6)] + [-0.25 / (std1 + 1e-6)] * 3)
     assert adv[4:] == pytest.approx([0.5 / (math.sqrt(1 / 3) + 1e-6)] * 2 + [-0.5 / (math.sqrt(1 / 3) + 1e-6)] * 2)
-    assert sept_loop.group_advantages([1, 0], 1) == pytest.approx([1 / (1 + 1e-6), 0.0])  # verl: mean 0, std 1
+    assert grading.group_advantages([1, 0], 1) == pytest.approx([1 / (1 + 1e-6), 0.0])  # verl: mean 0, std 1
 
 
 def test_first_update_ratio_is_exactly_one(tiny, monkeypatch):

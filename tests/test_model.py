@@ -36,6 +36,22 @@ def test_logits_match_transformers(make_checkpoint, family, kw):
     assert_close_rel(ours, hf_logits(path, x))
 
 
+def test_attention_mode_is_explicit(make_checkpoint):
+    """A forward says what it is: "causal" without a KV cache, "prefill" or "decode" with one; a prefill of one
+    token is a prefill (no T > 1 needed), and decoding its next token gives the full forward's logits."""
+    m = model.load_model(make_checkpoint("llama"))
+    cache = model.new_kv_cache(m.config, 2, 8, torch.float32, "cpu")
+    x = ids(B=2, T=2)
+    with torch.no_grad():
+        for mode, kv in [("decode", None), ("prefill", None), ("causal", cache), ("sideways", cache)]:
+            with pytest.raises(ValueError, match="attention mode"):
+                m.hidden_states(x, kv, mode=mode)
+        cache.lens[:] = 1
+        m.hidden_states(x[:, :1], cache, mode="prefill")
+        h = m.hidden_states(x[:, 1:], cache, torch.ones(2, 1, dtype=torch.long), mode="decode")
+        assert_close_rel(h, m.hidden_states(x)[:, 1:])
+
+
 def test_transformers_4x_config_form(make_checkpoint):
     """transformers 4.x writes rope_theta / rope_scaling / torch_dtype instead of rope_parameters / dtype."""
     path = make_checkpoint("llama3")

@@ -1,5 +1,6 @@
 """sample.py: prefill + decode_step against full recompute, greedy against transformers, the stream of prompts
-through fewer rows against one prompt at a time, budgets, seeds, the sampling law."""
+through fewer rows against one prompt at a time, budgets, seeds, the sampling law, the static rows kept between
+calls, running out of memory."""
 import math
 
 import pytest
@@ -20,29 +21,30 @@ def random_prompts(lengths, vocab=256, seed=0):
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_cached_decode_equals_full_forward(make_checkpoint, monkeypatch, backend, family):
     """sample.prefill of right-padded prompts of different lengths (one of them twice: computed once, its k/v
-    copied), then sample.decode_step at per-row positions, a row parked from the third step on: the logits
-    at every step equal a full causal forward over each running row's whole sequence."""
+    copied), then sample.decode_step at per-row positions, attention reading up to the longest row (as the eager
+    stream asks), a row parked from the third step on: the logits at every step equal a full causal forward over
+    each running row's whole sequence."""
     monkeypatch.setenv("SEPT_ATTENTION", backend)
     m = model_lib.load_model(make_checkpoint(family))
     prompts = random_prompts([5, 17, 1])
     prompts.append(prompts[0])
     cont = random_prompts([6, 6, 6, 6], seed=1)  # teacher-forced continuation tokens
     B, steps = len(prompts), 6
-    cache = model_lib.new_kv_cache(m.config, B, 17 + steps, torch.float32, "cpu")
+    rows = sample.empty_rows(m, B, 17 + steps)
     with torch.no_grad():
-        got = [sample.prefill(m, cache, prompts, torch.arange(B))]
-        assert cache.lens.tolist() == [5, 17, 1, 5]
-        cache.filled = 17
-        decode, done = sample.decode_function(m, cache, False), torch.zeros(B, dtype=torch.bool)
+        got = [sample.prefill(m, rows.cache, prompts, torch.arange(B))]
+        assert rows.cache.lens.tolist() == [5, 17, 1, 5]
+        rows.done[:] = False
         for s in range(steps - 1):
-            done[2] = s >= 2
-            got.append(sample.decode_step(decode, cache, torch.tensor([c[s] for c in cont]), done))
+            rows.done[2] = s >= 2
+            rows.next_input[:] = torch.tensor([c[s] for c in cont])
+            got.append(sample.decode_step(m, rows, B, 17 + s + 1))  # the longest row's positions after this step
         for b in range(B):
             full = m(torch.tensor([prompts[b] + cont[b][:steps - 1]]))[0]
             for s in range(3 if b == 2 else steps):
                 ref = full[len(prompts[b]) - 1 + s]
                 assert torch.allclose(got[s][b], ref, atol=1e-4, rtol=1e-4), (b, s)
-        assert cache.lens.tolist() == [10, 22, 1, 10] and cache.filled == 22  # the parked row holds position 0
+        assert rows.cache.lens.tolist() == [10, 22, 1, 10]  # the parked row holds position 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -76,20 +78,36 @@ def test_stream_equals_one_prompt_at_a_time(make_checkpoint, monkeypatch, backen
     max_batch, with stop ids that end rows at different steps, and with host checks every step or every third
     (ended rows then park until the check). Paths: the CUDA graph's fixed-shape step (launched eagerly here),
     ended rows refilled in place; eager, ended rows leaving the batch and new prompts joining it as rows free
-    up, or only once all rows have ended (sample.refill_as_rows_free)."""
+    up (refill_group 1), or only once all rows have ended (refill_group = every row)."""
     monkeypatch.setenv("SEPT_ATTENTION", backend)
-    monkeypatch.setattr(sample, "refill_as_rows_free", lambda *a: path != "eager-batches")
     static = path == "static"
+    group = len(STREAM_PROMPTS) if path == "eager-batches" else 1
     m = model_lib.load_model(make_checkpoint("llama"))
     free = sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0)
     eos = [free[0][2], free[4][5]]  # tokens that do occur, at different steps
     alone = one_at_a_time(m, STREAM_PROMPTS, STREAM_BUDGETS, eos)
     assert any(0 < len(a) < n for a, n in zip(alone, STREAM_BUDGETS))  # some rows stop early
     for every, max_batch in [(1, 1), (1, 4), (3, 3), (3, None)] if backend == "torch" else [(3, 3)]:
-        monkeypatch.setattr(sample, "SYNC_EVERY", {"cpu": every})
         got = sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0, eos_ids=eos,
-                              cuda_graph=static, max_batch=max_batch)
+                              cuda_graph=static, max_batch=max_batch, check_every=every, refill_group=group)
         assert got == alone, (every, max_batch)
+
+
+def test_static_rows_are_kept_per_shape(make_checkpoint):
+    """The static decode step (a CUDA graph on CUDA) is built once and its rows kept for later calls of the same
+    model and shape, whatever their budgets (the cache length is rounded up); another shape replaces them. Greedy
+    output equals the eager path's every time."""
+    m = model_lib.load_model(make_checkpoint("llama"))
+    sample.held_static_rows = None
+    kw, held = dict(temperature=0, max_batch=3), []
+    for budgets in (STREAM_BUDGETS, [min(n, 4) for n in STREAM_BUDGETS], STREAM_BUDGETS):
+        eager = sample.generate(m, STREAM_PROMPTS, max_new_tokens=budgets, cuda_graph=False, **kw)
+        assert sample.generate(m, STREAM_PROMPTS, max_new_tokens=budgets, cuda_graph=True, **kw) == eager
+        held.append(sample.held_static_rows)
+    assert held[0] is held[1] is held[2] and held[0].cache.k.shape[1] == 3
+    sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, cuda_graph=True, temperature=0, max_batch=4)
+    assert sample.held_static_rows is not held[0] and sample.held_static_rows.cache.k.shape[1] == 4
+    sample.held_static_rows = None  # frees them
 
 
 def test_budgets_and_refill_cost(make_checkpoint, monkeypatch):
@@ -100,12 +118,12 @@ def test_budgets_and_refill_cost(make_checkpoint, monkeypatch):
     rows_decoded, prefilled = [], []
     decode_step, hidden_states = sample.decode_step, m.hidden_states
 
-    def counting_decode_step(decode, cache, tokens, done):
-        rows_decoded.append(len(tokens))
-        return decode_step(decode, cache, tokens, done)
+    def counting_decode_step(model, rows, n, span):
+        rows_decoded.append(n)
+        return decode_step(model, rows, n, span)
 
     def counting_hidden_states(ids, *args, **kw):
-        prefilled.extend([len(ids)] if ids.shape[1] > 1 else [])
+        prefilled.extend([len(ids)] if kw.get("mode") == "prefill" else [])
         return hidden_states(ids, *args, **kw)
     monkeypatch.setattr(sample, "decode_step", counting_decode_step)
     monkeypatch.setattr(m, "hidden_states", counting_hidden_states)
@@ -121,16 +139,16 @@ def test_budgets_and_refill_cost(make_checkpoint, monkeypatch):
 
 
 def test_when_ended_rows_get_new_prompts(make_checkpoint):
-    """As rows free up where the weights outweigh the cache rows (or on the CUDA-graph path); once all rows have
-    ended where the rows outweigh the weights, as for the toy's evaluation: 2,048 rows of 81 positions."""
+    """As rows free up (1/16 of the rows at a time) where the weights outweigh the cache rows, or on the
+    CUDA-graph path; once all rows have ended where the rows outweigh the weights, as for the toy's evaluation:
+    2,048 rows of 81 positions."""
     m = model_lib.load_model(make_checkpoint("llama"))
     shape = dict(vocab_size=28, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=32)  # data/toy's
     toy = model_lib.empty_model(model_lib.ModelConfig(**shape), "cpu", torch.float32)
-    few = model_lib.new_kv_cache(m.config, 4, 32, torch.float32, "cpu")
-    many = model_lib.new_kv_cache(toy.config, 2048, 81, torch.float32, "cpu")
-    assert sample.refill_as_rows_free(m, few, False) and not sample.refill_as_rows_free(toy, many, False)
-    assert sample.refill_as_rows_free(toy, many, True)
+    assert sample.default_refill_group(m, 4, 32, False) == 1  # max(1, 4 // 16)
+    assert sample.default_refill_group(toy, 2048, 81, False) == 2048
+    assert sample.default_refill_group(toy, 2048, 81, True) == 128
 
 
 def chi_square_p_value_bound(counts, probs):
@@ -202,16 +220,21 @@ def test_seeds_and_the_global_rng(make_checkpoint):
     assert runs[0] == runs[1]
 
 
-def test_entropy_stats(make_checkpoint):
-    """stats["entropy"]: each prompt's mean next-token entropy over its answer, the same however it streams."""
+def test_entropy_stats(make_checkpoint, monkeypatch):
+    """stats["entropy"]: each prompt's mean next-token entropy over its answer, the same however it streams;
+    only when asked (entropy=True): otherwise no log-softmax over the vocabulary is computed."""
     m = model_lib.load_model(make_checkpoint("llama"))
-    stats, streamed = {}, {}
-    out = sample.generate(m, random_prompts([4, 9]), max_new_tokens=5, temperature=0.0, stats=stats)
+    stats, streamed, plain = {}, {}, {}
+    out = sample.generate(m, random_prompts([4, 9]), max_new_tokens=5, temperature=0.0, stats=stats, entropy=True)
     assert len(stats["entropy"]) == 2 and all(0 < e < math.log(256) for e in stats["entropy"])
     assert [len(o) for o in out] == [5, 5]  # no eos_ids: runs to max_new_tokens
-    sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0.0, stats=stats)
-    sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0.0, stats=streamed, max_batch=2)
+    kw = dict(max_new_tokens=STREAM_BUDGETS, temperature=0.0, entropy=True)
+    sample.generate(m, STREAM_PROMPTS, stats=stats, **kw)
+    sample.generate(m, STREAM_PROMPTS, stats=streamed, max_batch=2, **kw)
     assert streamed["entropy"] == pytest.approx(stats["entropy"], rel=1e-5) and stats["entropy"][6] == 0.0
+    monkeypatch.setattr(torch, "log_softmax", None)  # any call would fail
+    assert sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=1.0, stats=plain) != []
+    assert plain.get("entropy") is None
 
 
 def test_bad_input(make_checkpoint):
@@ -228,3 +251,63 @@ def test_bad_input(make_checkpoint):
 def test_cli_prompt_longer_than_context_is_one_line(capsys):
     with pytest.raises(ValueError, match="exceeds the model's context of 128"):  # the toy's context
         sample.main(["--prompt", "1+" * 80 + "1"])
+
+
+def limit_positions(m, monkeypatch, limit: int, modes=("prefill", "decode")):
+    """The device's memory, simulated: a forward of more than `limit` token positions (B x T) in `modes` raises
+    torch.OutOfMemoryError."""
+    hidden_states = m.hidden_states
+
+    def limited(ids, *args, **kw):
+        if kw.get("mode") in modes and ids.numel() > limit:
+            raise torch.OutOfMemoryError(f"simulated: {tuple(ids.shape)} > {limit} positions")
+        return hidden_states(ids, *args, **kw)
+    monkeypatch.setattr(m, "hidden_states", limited)
+
+
+@pytest.mark.parametrize("path,max_batch,limit,rows", [
+    ("prefill", 6, 14, [3, 1]),       # the first prefill (6 prompts) fails, then a later one while a row runs
+    ("decode", 8, 3, [4, 2]),         # steps of 8 and 4 rows fail, each row with its first token
+    ("static decode", 8, 3, [4, 2]),  # the same on the static rows: new ones, of 4 then 2 rows
+])
+def test_out_of_memory_goes_on_with_fewer_rows(make_checkpoint, monkeypatch, capsys, path, max_batch, limit, rows):
+    """Out of memory in a prefill or a decode step, generate goes on with half the rows (again if need be), so the
+    prefill in smaller groups, the running answers kept and continued after their prompts: greedy output equals the
+    run without the limit; stderr and stats say how many rows were left."""
+    m = model_lib.load_model(make_checkpoint("llama"))
+    kw = dict(max_new_tokens=STREAM_BUDGETS, temperature=0, max_batch=max_batch, cuda_graph=path == "static decode")
+    free = sample.generate(m, STREAM_PROMPTS, **kw)
+    eos = [free[0][2], free[4][5]]
+    unlimited, stats = {}, {}
+    want = sample.generate(m, STREAM_PROMPTS, eos_ids=eos, stats=unlimited, entropy=True, **kw)
+    limit_positions(m, monkeypatch, limit, ("decode",) if "decode" in path else ("prefill",))
+    assert sample.generate(m, STREAM_PROMPTS, eos_ids=eos, stats=stats, entropy=True, **kw) == want
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sample.py")]
+    assert err == [f"sample.py: out of memory; the rows halved to {n}" for n in rows] and stats["rows"] == rows[-1]
+    assert stats["entropy"] == pytest.approx(unlimited["entropy"], rel=1e-4)  # a preempted answer's too
+    sample.held_static_rows = None
+
+
+def test_out_of_memory_with_one_row_is_an_error(make_checkpoint, monkeypatch):
+    """A limit below one row's needs: a clear error after halving down to one row, not an endless loop."""
+    m = model_lib.load_model(make_checkpoint("llama"))
+    limit_positions(m, monkeypatch, 0)
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory with one row"):
+        sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0, max_batch=8)
+
+
+def test_rows_that_fit_the_free_memory(make_checkpoint):
+    """--sample-batch 0: the rows whose KV cache, as static_rows allocates it (length rounded up to 256s), and a
+    step's logits, probabilities and CDF (4 + 4 + 8 bytes per vocabulary entry) fit in the free memory less the
+    reserve and the margin; one more row would not. On the CPU: 256."""
+    m = model_lib.load_model(make_checkpoint("llama"))
+    assert sample.rows_that_fit(m, 100, reserve=0) == 256
+    total, reserve, max_len = 64 << 30, 3 << 30, 100
+    margin = max(4 << 30, 0.2 * total)
+    for free in (30 << 30, 16 << 30, (17 << 30) + 12345):
+        n = sample.rows_that_fit(m, max_len, reserve, memory=(free, total))
+        row = sample.static_rows(m, 1, max_len)
+        per_row = row.cache.k.nbytes + row.cache.v.nbytes + 16 * m.config.vocab_size
+        assert n * per_row <= free - reserve - margin < (n + 1) * per_row
+    assert sample.rows_that_fit(m, max_len, reserve, memory=(4 << 30, total)) == 1  # none fit: one row, then halving
+    sample.held_static_rows = None

@@ -1,6 +1,7 @@
 """sept_loop.py: whole SePT rounds on a tiny model, the schedules, exact resume (also after SIGKILL), errors."""
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -89,7 +90,7 @@ def test_tau_s_schedules():
     cfg.tau_s_schedule = "cosine"
     assert abs(sept_loop.tau_s_at(11, cfg) - 0.8) < 1e-9 and sept_loop.tau_s_at(6, cfg) < 0.7
     cfg.couple = True
-    assert sept_loop.tau_t_at(0.7, cfg) == 0.7
+    assert sept_loop.round_config(cfg, 0.7).tau_t == 0.7
 
 
 def test_questions_are_fresh_until_the_set_is_used_up():
@@ -165,7 +166,7 @@ def test_sigkill_mid_round_then_resume(tmp_path):
     ("--eval-n", "0", "--eval-n 0: expected an integer >= 1"),
     ("--checkpoint-every", "0", "--checkpoint-every 0: expected an integer >= 1"),
     ("--max-response-tokens", "0", "--max-response-tokens 0: expected an integer >= 1"),
-    ("--sample-batch", "0", "--sample-batch 0: expected an integer >= 1"),
+    ("--sample-batch", "-1", "--sample-batch -1: expected an integer >= 0"),
     ("--rounds", "-1", "--rounds -1: expected an integer >= 0"),
     ("--epochs", "0", "--epochs 0: expected an integer >= 1"),
     ("--loss-group", "-2", "--loss-group -2: expected an integer >= 0"),
@@ -296,7 +297,7 @@ def test_evaluate_streams_every_set_through_one_generate_call(monkeypatch):
 
     def fake_generate(model, prompts, **kw):  # the answer repeats the prompt's first token
         calls.append((len(prompts), kw["max_batch"]))
-        kw["stats"]["entropy"] = [0.0] * len(prompts)
+        kw["stats"].update(rows=min(len(prompts), kw["max_batch"]), entropy=None)  # generate's stats, not asked
         return [[p[0]] for p in prompts]
     monkeypatch.setattr(sept_loop.sample, "generate", fake_generate)
     tokenizer = SimpleNamespace(stop_ids=(), decode=lambda ids: f"so \\boxed{{{ids[0]}}}")
@@ -379,3 +380,39 @@ def test_out_of_memory_in_training_keeps_the_smaller_micro_batch(make_checkpoint
     saved = json.load(open(tmp_path / "run" / "config.json"))["micro_batch_tokens"]
     assert saved <= 40 and sept_loop.resolve_config(["--resume", str(tmp_path / "run")]).micro_batch_tokens == saved
     assert [m["round"] for m in read_metrics(tmp_path / "run")] == [0, 1, 2, 2]
+
+
+def test_out_of_memory_in_sampling_keeps_fewer_rows(make_checkpoint, tmp_path, monkeypatch, capsys):
+    """From round 2 on the device holds 4 rows per decode step (simulated): round 2's 8 answers go on in 4 rows,
+    the round line and config.json say so, a resumed run keeps 4 rows, the final evaluation runs in them."""
+    real, real_train, limit = sept_loop.model_lib.Transformer.hidden_states, sept_loop.train_on_answers, [math.inf]
+
+    def limited(self, input_ids, *args, **kw):
+        if kw.get("mode") == "decode" and len(input_ids) > limit[0]:
+            raise torch.OutOfMemoryError("simulated")
+        return real(self, input_ids, *args, **kw)
+
+    def train_then_limit(*args, **kw):  # round 1 trains, then the device shrinks
+        limit[0] = 4
+        return real_train(*args, **kw)
+    monkeypatch.setattr(sept_loop.model_lib.Transformer, "hidden_states", limited)
+    monkeypatch.setattr(sept_loop, "train_on_answers", train_then_limit)
+    out = tmp_path / "run"
+    sept_loop.main(tiny_run_args(make_checkpoint, tmp_path, "run", "--rounds", "2", "--eval-every", "0",
+                                 "--rollouts", "2", "--sample-batch", "8"))
+    rounds = [m for m in read_metrics(out) if "tau_s" in m]
+    assert [m.get("sample_batch") for m in rounds] == [None, 4]
+    assert "sample.py: out of memory; the rows halved to 4" in capsys.readouterr().err
+    config = json.load(open(out / "config.json"))
+    assert config["sample_batch"] == 4 and config["resolved"]["sample_batch"] == 8
+    assert sept_loop.resolve_config(["--resume", str(out)]).sample_batch == 4
+    assert "sample_rows" not in read_metrics(out)[-1]  # the last evaluation: 4 rows from the start
+
+
+def test_sample_batch_0_is_sized_and_saved(make_checkpoint, tmp_path, capsys):
+    """--sample-batch 0 on the CPU: 256 rows, printed and saved in config.json's resolved; config.json keeps 0, so
+    a resumed run sizes its rows again (on a GPU, from the memory free then)."""
+    sept_loop.main(tiny_run_args(make_checkpoint, tmp_path, "run", "--rounds", "1", "--sample-batch", "0"))
+    assert "; 256 rows of sampling" in capsys.readouterr().out
+    config = json.load(open(tmp_path / "run" / "config.json"))
+    assert config["sample_batch"] == 0 and config["resolved"]["sample_batch"] == 256

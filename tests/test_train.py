@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import write_checkpoint
 
 import runs
+import sample
 import train
 from model import load_model
 from train import IGNORE, TrainConfig
@@ -345,13 +346,13 @@ def test_non_finite_loss_or_gradient_skips_the_update(ckpt):
 
 def test_sampler_copy_is_refreshed_in_place(ckpt):
     m = load_model(ckpt("qwen2"))
-    assert train.make_sampler(m, torch.float32) is m  # fp32 everywhere: the master serves as sampler
-    sampler = train.make_sampler(m, torch.bfloat16)
+    assert sample.make_sampler(m, torch.float32) is m  # fp32 everywhere: the master serves as sampler
+    sampler = sample.make_sampler(m, torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in sampler.parameters())
     ptrs = [p.data_ptr() for p in sampler.parameters()]
     cfg = TrainConfig(lr=1e-2)
     train.train_step(m, train.make_optimizer(m, cfg), make_pairs(), 0, cfg)
-    train.refresh_sampler(m, sampler)
+    sample.refresh_sampler(m, sampler)
     assert ptrs == [p.data_ptr() for p in sampler.parameters()]
     assert all(torch.equal(s, p.bfloat16()) for s, p in zip(sampler.parameters(), m.parameters()))
     with pytest.raises(ValueError, match="fp32 master"):
