@@ -355,6 +355,7 @@ class SampleConfig:
     top_p: float = 1.0             # nucleus mass
     max_new_tokens: int = 0        # 0 = up to the model's context, at most 2,048
     n: int = 1                     # completions to draw
+    stop: str = "checkpoint"       # answers end at: checkpoint = its EOS ids (as vLLM); turn = also end-of-turn tokens
     seed: int = 0
     device: str = "auto"           # auto = cuda if available, else cpu
     dtype: str = "auto"            # auto = bfloat16 on cuda, float32 on cpu
@@ -364,8 +365,8 @@ def main(argv=None):
     from data import prompts as prompt_lib
     cfg = cli.config_from_argv(SampleConfig, argv, __doc__.split("\n")[0], aliases={"n": "-n"})
     device = cli.pick_device(cfg.device)
+    tokenizer = prompt_lib.load_tokenizer(cfg.model, cfg.stop)  # a bad --stop fails before the weights load
     model = model_lib.load_model(cfg.model, device=device, dtype=cli.pick_dtype(cfg.dtype, device))
-    tokenizer = prompt_lib.load_tokenizer(cfg.model)
     text = prompt_lib.build_prompt(cfg.prompt, cfg.template, model_dir=cfg.model)
     ids = tokenizer.encode(text)
     # 0 = what the context leaves, at least 1 so that a prompt filling the context is generate's clear error

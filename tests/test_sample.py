@@ -248,6 +248,14 @@ def test_bad_input(make_checkpoint):
         sample.generate(m, [[1] * 200], max_new_tokens=-3)  # not a quiet empty answer
 
 
+def test_cli_stop_rule(capsys):
+    """--stop as sept_loop's: the toy's one stop token either way; an unknown rule is one line."""
+    sample.main(["--stop", "turn", "--temperature", "0"])
+    assert "--- completion 0" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="stop rule 'eos': choose one of checkpoint, turn"):
+        sample.main(["--stop", "eos"])
+
+
 def test_cli_prompt_longer_than_context_is_one_line(capsys):
     with pytest.raises(ValueError, match="exceeds the model's context of 128"):  # the toy's context
         sample.main(["--prompt", "1+" * 80 + "1"])
