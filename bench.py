@@ -32,7 +32,6 @@ import sample
 import train
 import triton_kernels as tk
 from data import prompts, questions
-from data.prompts import load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = ("sampling", "lengths", "kernels", "training", "round")
@@ -45,7 +44,8 @@ class BenchConfig:
     out: str = "bench.json"             # the JSON report
     device: str = "auto"                # auto = cuda when available, else cpu
     threads: int = 0                    # torch CPU threads; 0 = torch's default, as sept_loop runs (see main)
-    reps: int = 3                       # interleaved runs per candidate on the CPU, medians reported (1 on CUDA)
+    reps: int = 3                       # interleaved runs per candidate, medians reported (CPU; each section
+    #                                     sets its own on CUDA)
     toy: str = os.path.join(HERE, "data", "toy")  # the toy checkpoint
     gpu_sizes: str = "1,64,256"         # batch sizes of the Qwen2.5-1.5B-shape sampling rows (CUDA)
     gpu_prompt_tokens: int = 512        # prompt length of those rows
@@ -129,7 +129,7 @@ def random_prompts(n: int, length: int, vocab: int) -> list[list[int]]:
 
 def toy_prompts(path: str, n: int, split: str = "test") -> list[list[int]]:
     """The first n questions of the toy's split in its template."""
-    tok, qs = load_tokenizer(path), questions.load_questions(os.path.join(path, f"{split}.jsonl"))
+    tok, qs = prompts.load_tokenizer(path), questions.load_questions(os.path.join(path, f"{split}.jsonl"))
     return [tok.encode(prompts.build_prompt(q.problem, "toy")) for q in qs[:n]]
 
 

@@ -117,7 +117,7 @@ def keep_metrics_until(out: str, last_round: int) -> None:
 
 def write_samples(out: str, r: int, rows: list[dict]) -> None:
     write_file(os.path.join(out, "samples", f"round_{r:04d}.jsonl"),
-                         "".join(json.dumps(row) + "\n" for row in rows))
+               "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def write_offline(out: str, questions: list[int], responses: list[list[int]], entropies: list[float]) -> None:
@@ -217,7 +217,7 @@ def save_checkpoint(out: str, name: str, master, optimizer, r: int, copy_from: s
     round, staged whole in NAME.tmp, then swapped into place (write_folder)."""
     final = os.path.join(out, "checkpoints", name)
     if os.path.isfile(os.path.join(final + ".tmp", "sept_state.json")):  # complete, a crash kept it from its rename:
-        replace_folder(final + ".tmp", final)                     # the newest; keep it, not restage over it
+        replace_folder(final + ".tmp", final)                            # the newest; keep it, not restage over it
 
     def fill(folder):  # the weights, the AdamW state, then the round: written last, it marks the checkpoint complete
         model_lib.save_model(master, folder, copy_from=copy_from)
@@ -329,9 +329,7 @@ def keep_smaller(cfg, **sizes) -> dict:
     if smaller:
         cfg.__dict__.update(smaller)
         path = os.path.join(cfg.out, "config.json")
-        with open(path) as f:
-            config = json.load(f)
-        write_json(path, {**config, **smaller})
+        write_json(path, {**model_lib.read_json(path), **smaller})
     return smaller
 
 
@@ -371,7 +369,8 @@ def write_plot(out: str, eval_temperature: float, title: str) -> None:
     rounds = [m for m in lines if "tau_s" in m]
     if rounds:
         ax2 = ax.twinx()
-        for key, style, label in (("tau_s", "--", "τs"), ("tau_eff", "-", "τ_eff"), ("tau_theorem1", ":", "Theorem 1")):
+        curves = (("tau_s", "--", "τs"), ("tau_eff", "-", "τ_eff"), ("tau_theorem1", ":", "Theorem 1"))
+        for key, style, label in curves:
             pts = [(0, 1.0)] * (key != "tau_s") + [(m["round"], m[key]) for m in rounds if key in m]
             ax2.plot(*zip(*pts), color="gray", linestyle=style, label=label)
         ax2.set(ylabel="temperature (log scale)", yscale="log")

@@ -144,8 +144,14 @@ def capture(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):  # if this torch or driver refuses: SEPT_CUDA_GRAPH=0 decodes without
-        logits = step()
+    try:
+        with torch.cuda.graph(graph):
+            logits = step()
+    except torch.OutOfMemoryError:
+        raise  # generate's to handle: fewer rows
+    except RuntimeError as e:  # a capture this torch or driver refuses: the same static step, launched eagerly
+        print(f"sample.py: CUDA graph capture failed ({e}); decoding without it", file=sys.stderr)
+        return step
 
     def replay():
         graph.replay()
@@ -174,7 +180,8 @@ def hand_back(rows: Rows, answers: list, entropies: list, progress=None, waiting
     if freed:
         tokens, n_new, entropy = rows.tokens[freed].tolist(), rows.n_new[freed].tolist(), rows.entropy[freed].tolist()
         for r, toks, n, h in reversed(list(zip(freed, tokens, n_new, entropy))):  # appendleft keeps their order
-            i, before = rows.prompt[r], len(answers[rows.prompt[r]])  # before: a preempted answer's first part
+            i = rows.prompt[r]
+            before = len(answers[i])  # a preempted answer's first part, if any
             answers[i], entropies[i] = answers[i] + toks[:n], (entropies[i] * before + h) / max(1, before + n)
             if not done[r]:
                 waiting.appendleft(i)
@@ -306,7 +313,7 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int | list[int]
 # ----------------------------------------------------------------------------------------------------------
 # The sampling copy of a model being trained, and how many rows fit beside it.
 
-def make_sampler(master, dtype: torch.dtype) :
+def make_sampler(master: model_lib.Transformer, dtype: torch.dtype) -> model_lib.Transformer:
     """A copy of `master` in `dtype` for sampling. When dtype is the master's own (fp32 on the CPU) the sampler
     IS the master: one copy serves both and refresh_sampler does nothing."""
     if dtype == master.head_weight.dtype:
@@ -317,7 +324,7 @@ def make_sampler(master, dtype: torch.dtype) :
 
 
 @torch.no_grad()
-def refresh_sampler(master, sampler) -> None:
+def refresh_sampler(master: model_lib.Transformer, sampler: model_lib.Transformer) -> None:
     """Copy (and cast) the master weights into the sampler's existing storage: no reallocation."""
     if sampler is master:
         return

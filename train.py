@@ -290,7 +290,6 @@ def top_logits(model: Transformer, pairs: list[Pair], cfg: TrainConfig, k: int =
     and cfg, its logits at those ids.
     k logits per position are all that is kept: no copy of the model, no (N, vocabulary) tensor."""
     device, values, chosen, n = model.head_weight.device, [], [], 0
-    model.checkpoint_layers = False
     for group in micro_batches([len(p) + len(r) - 1 for p, r in pairs], cfg.micro_batch_tokens):
         inputs, targets = make_batch([pairs[i] for i in group], device)
         with autocast(device):

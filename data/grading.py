@@ -396,6 +396,17 @@ def avg_pass(metrics: dict[str, float]) -> float:
     return (metrics["pass@1"] + metrics["pass@8"] + metrics["pass@32"]) / 3
 
 
+def group_advantages(rewards: list[float], group: int) -> list[float]:
+    """GRPO's advantage of each answer: (r - mean) / (std + 1e-6) over the G answers to its question (verl's
+    grpo estimator: unbiased std, and a group of one keeps its reward). Equal rewards give 0: no signal."""
+    out = []
+    for g in range(0, len(rewards), group):
+        r = rewards[g:g + group]
+        mean, std = (statistics.mean(r), statistics.stdev(r)) if len(r) > 1 else (0.0, 1.0)
+        out += [(x - mean) / (std + 1e-6) for x in r]
+    return out
+
+
 def main() -> None:
     if sys.argv[1:] == ["--serve"]:
         return _serve()
@@ -410,13 +421,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-
-def group_advantages(rewards: list[float], group: int) -> list[float]:
-    """GRPO's advantage of each answer: (r - mean) / (std + 1e-6) over the G answers to its question (verl's
-    grpo estimator: unbiased std, and a group of one keeps its reward). Equal rewards give 0: no signal."""
-    out = []
-    for g in range(0, len(rewards), group):
-        r = rewards[g:g + group]
-        mean, std = (statistics.mean(r), statistics.stdev(r)) if len(r) > 1 else (0.0, 1.0)
-        out += [(x - mean) / (std + 1e-6) for x in r]
-    return out

@@ -123,16 +123,19 @@ def encode_questions(path: str, cfg, tokenizer, context: int, limit: int = 0, an
     return qs, ids
 
 
+def test_set_names(test_questions: str) -> dict[str, str]:
+    """--test-questions (comma-separated files) as {the name of each set: its file}: the file's stem, or its path
+    without the extension when two files share a stem; a file listed twice counts once."""
+    paths = list(dict.fromkeys(p for p in test_questions.split(",") if p))
+    stems = [Path(p).stem for p in paths]
+    return {stem if stems.count(stem) == 1 else os.path.splitext(p)[0]: p for stem, p in zip(stems, paths)}
+
+
 def load_question_sets(cfg, tokenizer, context: int) -> tuple[dict, list, list]:
-    """A run's questions (`cfg`: sept_loop's settings): the test sets ({name: (questions, prompt ids)}; a set is
-    named by its file, by its path if two share one), and the training questions and their prompt ids (none for
-    --sweep)."""
-    paths = list(dict.fromkeys(p for p in cfg.test_questions.split(",") if p))
-    names = [Path(p).stem for p in paths]
-    test_sets = {}
-    for name, path in zip(names, paths):
-        key = name if names.count(name) == 1 else os.path.splitext(path)[0]
-        test_sets[key] = encode_questions(path, cfg, tokenizer, context, cfg.eval_max_questions, "pass@k needs it")
+    """A run's questions (`cfg`: sept_loop's settings): the test sets ({name: (questions, prompt ids)}, named by
+    test_set_names), and the training questions and their prompt ids (none for --sweep)."""
+    test_sets = {name: encode_questions(path, cfg, tokenizer, context, cfg.eval_max_questions, "pass@k needs it")
+                 for name, path in test_set_names(cfg.test_questions).items()}
     if cfg.sweep:
         return test_sets, [], []
     why = "--algo grpo rewards each answer by its grade" if cfg.algo == "grpo" else ""

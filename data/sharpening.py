@@ -27,6 +27,7 @@ import model as model_lib  # noqa: E402
 import sample  # noqa: E402
 import train  # noqa: E402
 from data import prompts, questions  # noqa: E402
+from data.make_toy import is_slip_step  # noqa: E402
 
 STEP = re.compile(r"(\d+)\+(\d+)=(\d+)")  # one step of a toy answer: acc+x=value
 PLACES = ("units", "tens", "hundreds", "thousands")
@@ -41,18 +42,13 @@ class SharpeningConfig:
     seed: int = 0
 
 
-def is_carry_into_hundreds(acc: int, x: int) -> bool:
-    """The fork world's slip context (data/make_toy.py): a two-digit total turning three-digit through a units carry."""
-    return acc < 100 <= acc + x and acc % 10 + x % 10 >= 10
-
-
 def position_kinds(answer: str) -> list[str]:
     """The kind of each character of a toy answer (one token per character): which digit of a step's result, at a
     carry into the hundreds or not; a copied operand; the boxed answer; anything else is format."""
     kinds = ["format"] * len(answer)
     for m in STEP.finditer(answer):
         acc, x = int(m[1]), int(m[2])
-        where = "carry into hundreds" if is_carry_into_hundreds(acc, x) else "other steps"
+        where = "carry into hundreds" if is_slip_step(acc, x) else "other steps"  # the fork world's slip steps
         for i in range(m.start(1), m.end(2)):
             kinds[i] = "copied operand" if answer[i].isdigit() else "format"
         for place, i in enumerate(reversed(range(m.start(3), m.end(3)))):
@@ -78,7 +74,7 @@ def main(argv=None):
     tcfg = train.TrainConfig()
     before, top = train.top_logits(base, pairs, tcfg)
     after, _ = train.top_logits(trained, pairs, tcfg, ids=top)
-    # the kinds in top_logits' order: its micro-batches (one here, all pairs fit) take the longest pairs first
+    # the kinds in top_logits' order: micro-batch by micro-batch, each pair's positions in turn
     order = [i for g in train.micro_batches([len(p) + len(a) - 1 for p, a in pairs], tcfg.micro_batch_tokens)
              for i in g]
     texts = ["".join(c if len(c) == 1 else "$" for c in map(tok.decode, ([t] for t in pairs[i][1]))) for i in order]
@@ -88,14 +84,11 @@ def main(argv=None):
     margin = before.topk(2, dim=-1).values
     changed = before.argmax(-1) != after.argmax(-1)  # the most likely token moved: no temperature does that
     rows = []
-    for kind in sorted(set(kinds)):
-        at = torch.tensor([k == kind for k in kinds])
+    for kind in [*sorted(set(kinds)), "all"]:
+        at = torch.tensor([kind in (k, "all") for k in kinds])
         rows.append(dict(kind=kind, positions=int(at.sum()), logit_scale=train.logit_scale(before[at], after[at]),
                          base_top2_margin=float((margin[at, 0] - margin[at, 1]).median()),
                          argmax_changed=float(changed[at].float().mean())))
-    rows.append(dict(kind="all", positions=len(kinds), logit_scale=train.logit_scale(before, after),
-                     base_top2_margin=float((margin[:, 0] - margin[:, 1]).median()),
-                     argmax_changed=float(changed.float().mean())))
     print(f"{'kind':<42} {'positions':>9} {'scale':>6} {'τ':>6} {'base margin':>11} {'argmax moved':>12}")
     for r in rows:
         print(f"{r['kind']:<42} {r['positions']:>9} {r['logit_scale']:>6.2f} {1 / r['logit_scale']:>6.2f} "

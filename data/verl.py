@@ -401,11 +401,9 @@ def export(c, out_dir: str) -> None:
     """DIR/run.sh and DIR/data/ for the official verl recipe. Every error comes before anything is written."""
     require_pyarrow()
     sets = {"train": questions.load_questions(c.train_questions)}  # name -> questions; a test set is test/<stem>
-    paths = [path for path in c.test_questions.split(",") if path]
-    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
-    for stem, path in zip(stems, paths):  # as sept names them: two files of one stem by their paths
-        name = stem if stems.count(stem) == 1 else os.path.splitext(path)[0].strip(os.sep).replace(os.sep, "_")
-        sets["test/" + name] = questions.load_questions(path)[:c.eval_max_questions or None]
+    for name, path in questions.test_set_names(c.test_questions).items():  # as sept names them, fit for a file
+        test = questions.load_questions(path)[:c.eval_max_questions or None]
+        sets["test/" + name.strip(os.sep).replace(os.sep, "_")] = test
     p = make_plan(c, len(sets["train"]))
     if p.kind == "grpo" and (q := next((q for q in sets["train"] if q.answer is None), None)):
         raise ValueError(f"{c.train_questions}: question {q.id} has no answer (GRPO rewards each answer by its grade)")

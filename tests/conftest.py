@@ -85,3 +85,26 @@ def hf_logits(path, input_ids):
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         return hf_model(input_ids).logits
+
+
+@pytest.fixture(autouse=True)
+def release_static_rows():
+    """sample.static_rows keeps its rows (a KV cache, a CUDA graph on CUDA) between calls: not between tests."""
+    yield
+    import sample
+    sample.held_static_rows = None
+
+
+def limit_positions(monkeypatch, limit, when=lambda mode: True):
+    """The device's memory, simulated: a forward (Transformer.hidden_states) of more than `limit` token positions
+    (B x T) raises torch.OutOfMemoryError where when(mode) holds, mode being the forward's ("causal" in training,
+    "prefill", "decode"). `limit` may be a function, read at each forward (a device that shrinks)."""
+    import model
+    real = model.Transformer.hidden_states
+
+    def limited(self, input_ids, *args, mode="causal", **kw):
+        cap = limit() if callable(limit) else limit
+        if when(mode) and input_ids.numel() > cap:
+            raise torch.OutOfMemoryError(f"simulated: {tuple(input_ids.shape)} > {cap} positions")
+        return real(self, input_ids, *args, mode=mode, **kw)
+    monkeypatch.setattr(model.Transformer, "hidden_states", limited)

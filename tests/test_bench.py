@@ -28,12 +28,9 @@ def test_quick_bench_writes_every_section(tmp_path, monkeypatch):
     for section, keys in ROW_KEYS.items():
         rows = report[section]
         assert rows, section
-        assert not [r for r in rows if "error" in r], rows  # skipped rows (no toy yet) are fine, errors are not
-        measured = [r for r in rows if "skipped" not in r]
-        for row in measured:
+        assert not [r for r in rows if "error" in r], rows
+        for row in rows:
             assert keys <= set(row), (section, keys - set(row))
-        if section != "round":  # the round needs the toy, which may not be built yet
-            assert measured, section
     assert {r["kind"] for r in report["kernels"]} == {"prefill", "decode"}
     assert {r["impl"] for r in report["training"]} == {"sept", "transformers"}
 
@@ -47,8 +44,8 @@ def test_only_selects_sections(tmp_path, monkeypatch):
 
 
 def test_train_flops_formula():
-    cfg = ModelConfig("llama", 512, 64, 128, 2, 4, 2, 16, tie_word_embeddings=True)  # tied head: every parameter
-    # is a multiplied matrix (or a norm, counted too)
+    # a tied head: every parameter is a multiplied matrix (or a norm, counted too)
+    cfg = ModelConfig("llama", 512, 64, 128, 2, 4, 2, 16, tie_word_embeddings=True)
     L, H, D = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim
     assert bench.train_flops(cfg, 1000, [10, 20]) == 6 * 1000 * 30 + 6 * L * H * D * (100 + 400)
     untied = ModelConfig("llama", 8192, 256, 768, 4, 4, 2, 64)  # an untied embedding: left out

@@ -129,7 +129,7 @@ def test_tokenizer_stop_ids(make_checkpoint):
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, f)
     with pytest.raises(ValueError, match="no EOS token in tokenizer_config.json"):
         prompts.load_tokenizer(path)
-    assert prompts.load_tokenizer(path, stop="turn").stop_ids  # config.json's and the end-of-turn tokens
+    assert set(prompts.load_tokenizer(path, stop="turn").stop_ids) == {eot, im_end}  # config.json's, end-of-turn
     text = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n"
     assert tok.decode(tok.encode(text)) == text
     assert tok.encode("<|im_end|>") == [im_end]

@@ -8,6 +8,7 @@ import torch
 
 import model as model_lib
 import sample
+from conftest import limit_positions
 
 BACKENDS = ["torch", "triton"]  # triton runs in the interpreter on CPU tensors (conftest sets TRITON_INTERPRET=1)
 
@@ -98,7 +99,6 @@ def test_static_rows_are_kept_per_shape(make_checkpoint):
     model and shape, whatever their budgets (the cache length is rounded up); another shape replaces them. Greedy
     output equals the eager path's every time."""
     m = model_lib.load_model(make_checkpoint("llama"))
-    sample.held_static_rows = None
     kw, held = dict(temperature=0, max_batch=3), []
     for budgets in (STREAM_BUDGETS, [min(n, 4) for n in STREAM_BUDGETS], STREAM_BUDGETS):
         eager = sample.generate(m, STREAM_PROMPTS, max_new_tokens=budgets, cuda_graph=False, **kw)
@@ -107,7 +107,6 @@ def test_static_rows_are_kept_per_shape(make_checkpoint):
     assert held[0] is held[1] is held[2] and held[0].cache.k.shape[1] == 3
     sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, cuda_graph=True, temperature=0, max_batch=4)
     assert sample.held_static_rows is not held[0] and sample.held_static_rows.cache.k.shape[1] == 4
-    sample.held_static_rows = None  # frees them
 
 
 def test_budgets_and_refill_cost(make_checkpoint, monkeypatch):
@@ -233,8 +232,9 @@ def test_entropy_stats(make_checkpoint, monkeypatch):
     sample.generate(m, STREAM_PROMPTS, stats=streamed, max_batch=2, **kw)
     assert streamed["entropy"] == pytest.approx(stats["entropy"], rel=1e-5) and stats["entropy"][6] == 0.0
     monkeypatch.setattr(torch, "log_softmax", None)  # any call would fail
-    assert sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=1.0, stats=plain) != []
-    assert plain.get("entropy") is None
+    monkeypatch.setattr(torch.Tensor, "log_softmax", None)
+    out = sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=1.0, stats=plain)
+    assert [len(o) for o in out] == STREAM_BUDGETS and plain.get("entropy") is None  # no eos_ids: whole budgets
 
 
 def test_bad_input(make_checkpoint):
@@ -249,9 +249,13 @@ def test_bad_input(make_checkpoint):
 
 
 def test_cli_stop_rule(capsys):
-    """--stop as sept_loop's: the toy's one stop token either way; an unknown rule is one line."""
-    sample.main(["--stop", "turn", "--temperature", "0"])
-    assert "--- completion 0" in capsys.readouterr().out
+    """--stop as sept_loop's: the toy's one stop token either way, so the same greedy answer; an unknown rule is
+    one line."""
+    completions = []
+    for stop in ("checkpoint", "turn"):
+        sample.main(["--stop", stop, "--temperature", "0"])
+        completions.append(capsys.readouterr().out.split("\n--- ")[0])
+    assert completions[0].startswith("--- completion 0") and completions[0] == completions[1]
     with pytest.raises(ValueError, match="stop rule 'eos': choose one of checkpoint, turn"):
         sample.main(["--stop", "eos"])
 
@@ -259,18 +263,6 @@ def test_cli_stop_rule(capsys):
 def test_cli_prompt_longer_than_context_is_one_line(capsys):
     with pytest.raises(ValueError, match="exceeds the model's context of 128"):  # the toy's context
         sample.main(["--prompt", "1+" * 80 + "1"])
-
-
-def limit_positions(m, monkeypatch, limit: int, modes=("prefill", "decode")):
-    """The device's memory, simulated: a forward of more than `limit` token positions (B x T) in `modes` raises
-    torch.OutOfMemoryError."""
-    hidden_states = m.hidden_states
-
-    def limited(ids, *args, **kw):
-        if kw.get("mode") in modes and ids.numel() > limit:
-            raise torch.OutOfMemoryError(f"simulated: {tuple(ids.shape)} > {limit} positions")
-        return hidden_states(ids, *args, **kw)
-    monkeypatch.setattr(m, "hidden_states", limited)
 
 
 @pytest.mark.parametrize("path,max_batch,limit,rows", [
@@ -288,18 +280,17 @@ def test_out_of_memory_goes_on_with_fewer_rows(make_checkpoint, monkeypatch, cap
     eos = [free[0][2], free[4][5]]
     unlimited, stats = {}, {}
     want = sample.generate(m, STREAM_PROMPTS, eos_ids=eos, stats=unlimited, entropy=True, **kw)
-    limit_positions(m, monkeypatch, limit, ("decode",) if "decode" in path else ("prefill",))
+    limit_positions(monkeypatch, limit, lambda mode: mode == ("decode" if "decode" in path else "prefill"))
     assert sample.generate(m, STREAM_PROMPTS, eos_ids=eos, stats=stats, entropy=True, **kw) == want
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sample.py")]
     assert err == [f"sample.py: out of memory; the rows halved to {n}" for n in rows] and stats["rows"] == rows[-1]
     assert stats["entropy"] == pytest.approx(unlimited["entropy"], rel=1e-4)  # a preempted answer's too
-    sample.held_static_rows = None
 
 
 def test_out_of_memory_with_one_row_is_an_error(make_checkpoint, monkeypatch):
     """A limit below one row's needs: a clear error after halving down to one row, not an endless loop."""
     m = model_lib.load_model(make_checkpoint("llama"))
-    limit_positions(m, monkeypatch, 0)
+    limit_positions(monkeypatch, 0)
     with pytest.raises(torch.OutOfMemoryError, match="out of memory with one row"):
         sample.generate(m, STREAM_PROMPTS, max_new_tokens=STREAM_BUDGETS, temperature=0, max_batch=8)
 
@@ -318,4 +309,3 @@ def test_rows_that_fit_the_free_memory(make_checkpoint):
         per_row = row.cache.k.nbytes + row.cache.v.nbytes + 16 * m.config.vocab_size
         assert n * per_row <= free - reserve - margin < (n + 1) * per_row
     assert sample.rows_that_fit(m, max_len, reserve, memory=(4 << 30, total)) == 1  # none fit: one row, then halving
-    sample.held_static_rows = None

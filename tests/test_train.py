@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_checkpoint
+from conftest import limit_positions, write_checkpoint
 
 import runs
 import sample
@@ -427,15 +427,8 @@ def test_top_logits_of_a_model_whose_head_is_scaled(ckpt):
 
 # ---- out of memory: the update is redone in smaller micro-batches ------------------------------------------------
 
-def limit_positions(monkeypatch, model, limit: int):
-    """A device that holds at most `limit` token positions per training forward: torch.OutOfMemoryError above."""
-    real = model.hidden_states
-
-    def limited(input_ids, *args, **kw):
-        if torch.is_grad_enabled() and input_ids.numel() > limit:
-            raise torch.OutOfMemoryError(f"simulated: {input_ids.numel()} positions > {limit}")
-        return real(input_ids, *args, **kw)
-    monkeypatch.setattr(model, "hidden_states", limited)
+def training(mode: str) -> bool:  # the forwards limit_positions limits here: those of a backward to come
+    return torch.is_grad_enabled()
 
 
 def test_out_of_memory_halves_the_micro_batch_and_redoes_the_update(ckpt, monkeypatch, capsys):
@@ -443,14 +436,14 @@ def test_out_of_memory_halves_the_micro_batch_and_redoes_the_update(ckpt, monkey
     a, b = load_model(ckpt()), load_model(ckpt())
     cfg_a, cfg_b = replace(base), replace(base)
     step_a = train.train_step(a, train.make_optimizer(a, cfg_a), pairs, 0, cfg_a)
-    limit_positions(monkeypatch, b, 30)  # the one micro-batch of 5 × 13 positions does not fit; 2 × 13 do
+    limit_positions(monkeypatch, 30, training)  # the one micro-batch of 5 × 13 positions does not fit; 2 × 13 do
     step_b = train.train_step(b, train.make_optimizer(b, cfg_b), pairs, 0, cfg_b)
     assert cfg_a.micro_batch_tokens == 1000 and cfg_b.micro_batch_tokens == step_b["micro_batch_tokens"] == 31
     assert "out of memory; micro-batches of at most 31 tokens" in capsys.readouterr().err
     assert abs(step_a["loss"] - step_b["loss"]) < 1e-6 * step_a["loss"]  # the same update, up to rounding
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-7), name
-    limit_positions(monkeypatch, b, 5)  # not even one answer of 14 tokens: say which, and what to lower
+    limit_positions(monkeypatch, 5, training)  # not even one answer of 14 tokens: say which, and what to lower
     with pytest.raises(train.AnswerTooLong, match="an answer of 14 tokens .prompt . response. does not fit alone; "
                                                   "lower --max-response-tokens"):
         train.train_step(b, train.make_optimizer(b, cfg_b), pairs, 1, cfg_b)
