@@ -19,7 +19,8 @@ import model as model_lib
 
 RUN_FILES = ("config.json", "metrics.jsonl", "samples", "plot.png", "sweep.png", "offline.jsonl", "checkpoints")
 # All that a checkpoint folder of ours holds (and write_file's .tmp files): sept deletes or replaces nothing else.
-OUR_FILES = re.compile("|".join([r"model(-\d{5}-of-\d{5})?\.safetensors", *map(re.escape, (
+# `.tmpXXXXXX` is safetensors' own staging file (Rust's tempfile crate), left behind when a kill lands mid-save.
+OUR_FILES = re.compile("|".join([r"model(-\d{5}-of-\d{5})?\.safetensors", r"\.tmp[A-Za-z0-9]{6}", *map(re.escape, (
     *model_lib.TOKENIZER_FILES, "config.json", "model.safetensors.index.json", "optimizer.safetensors",
     "sept_state.json", "train_config.json"))]))
 

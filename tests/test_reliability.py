@@ -46,6 +46,11 @@ def test_save_model_refuses_a_folder_that_is_not_a_checkpoint(make_checkpoint, t
     (d / "ckpt.old" / "model.safetensors").write_bytes(b"half")
     runs.save_model(net, str(d / "ckpt"))
     assert sorted(os.listdir(d)) == ["ckpt", "file"] and model_lib.load_model(str(d / "ckpt"))
+    # a kill mid-save leaves safetensors' own staging file (.tmpXXXXXX) in ckpt.tmp: ours, so it is replaced
+    (d / "ckpt.tmp").mkdir()
+    (d / "ckpt.tmp" / ".tmp0XS7l0").write_bytes(b"half")
+    runs.save_model(net, str(d / "ckpt"))
+    assert sorted(os.listdir(d)) == ["ckpt", "file"]
     with pytest.raises(FileExistsError, match="ckpt: not empty"):  # model.py writes folders, never replaces one
         model_lib.save_model(net, str(d / "ckpt"))
 
