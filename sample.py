@@ -57,8 +57,8 @@ def prefill(model, cache: model_lib.KVCache, prompts: list[list[int]], rows: tor
     distinct = {p: j for j, p in enumerate(first)}
     which = torch.tensor([distinct[tuple(p)] for p in prompts], device=rows.device)  # (n,) its distinct prompt
     src = rows[list(first.values())]                              # the row that computes each distinct prompt
-    lens = torch.tensor([len(p) for p in first], dtype=torch.int32, device=rows.device)
-    T = max(lens.tolist())
+    lengths = [len(p) for p in first]
+    T, lens = max(lengths), torch.tensor(lengths, dtype=torch.int32, device=rows.device)  # no host sync for T
     cache.lens[src] = lens  # the prompt lengths: the Triton prefill skips the padding after them
     tokens = torch.tensor([list(p) + [0] * (T - len(p)) for p in first], device=rows.device)
     h = model.hidden_states(tokens, cache, rows=src, mode="prefill")  # at positions 0..T-1
@@ -294,9 +294,9 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int | list[int]
             batch = len(running) + n
             span = max_len if rows.static else min(int(rows.cache.lens[:batch].max()) + check_every, max_len)
             decode = rows.static or functools.partial(decode_step, model, rows, batch, span)
+            idx = torch.arange(B if rows.static else batch, device=device)  # the rows each step decodes
             for _ in range(check_every):  # feed each row its newest token through the cache, sample the next one
                 logits = decode()
-                idx = torch.arange(len(logits), device=device)  # every row on the static step, eagerly the first
                 rows.next_input[idx] = sample_next(logits, temperature, top_p, generator)
                 record(rows, idx, logits, eos, entropy)
         except torch.OutOfMemoryError as e:  # every running row back to the waiting queue, then half the rows

@@ -360,8 +360,8 @@ def main(argv=None):
         print(f"resuming {cfg.out} after round {start} ({ckpt})")
     # --sample-batch 0: the rows of KV cache that fit in free memory, leaving training its gradients and moments
     longest = max(len(p) for ids in [train_ids, *(ids for _, ids in test_sets.values())] for p in ids)
-    reserve = (4 if optimizer.state else 12) * sum(p.numel() for p in master.parameters())
-    rows = cfg.sample_batch or sample.rows_that_fit(sampler, longest + cfg.max_response_tokens, reserve)
+    rows = cfg.sample_batch or sample.rows_that_fit(sampler, longest + cfg.max_response_tokens,
+                                                    train.memory_to_come(optimizer))
     resolved = dict(stop_ids={tokenizer.decode([i]): i for i in tokenizer.stop_ids}, sample_batch=rows)
     print("config " + json.dumps(asdict(cfg)))
     print(f"answers end at {resolved['stop_ids']} (--stop {cfg.stop}); {rows} rows of sampling")
@@ -383,8 +383,9 @@ def main(argv=None):
         rcfg = round_config(cfg, tau_s)
         # 2. the current model answers them at τs (offline: the initial model's answers, drawn once)
         t0 = time.time()
+        rows = cfg.sample_batch  # the rows sampling went on with: fewer if memory ran out
         if cfg.offline:
-            (responses, entropies), rows = offline_round(offline, fresh, cfg, tokenizer), cfg.sample_batch
+            responses, entropies = offline_round(offline, fresh, cfg, tokenizer)
         else:
             responses, entropies, rows = draw_answers(
                 sampler, [train_ids[i] for i in picked], tau=tau_s, max_new_tokens=cfg.max_response_tokens,

@@ -335,6 +335,13 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
                              weight_decay=cfg.weight_decay, fused=params[0].device.type == "cuda" or None)
 
 
+def memory_to_come(optimizer: torch.optim.AdamW) -> int:
+    """Bytes an update has yet to allocate: a gradient per weight (freed after each update), and AdamW's two
+    moments before its first step (a resumed run has them). What --sample-batch 0 leaves free for training."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return (1 if optimizer.state else 3) * sum(p.numel() * p.element_size() for p in params)
+
+
 class AnswerTooLong(RuntimeError):
     """One answer alone does not fit in the device's memory: training cannot go on at this length."""
 

@@ -420,4 +420,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

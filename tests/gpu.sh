@@ -47,11 +47,11 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a hard timeout, report its 
         --gpu-sizes 1,128,256 --gpu-prompt-tokens 512 --gpu-new-tokens 256 --decode-context 2048 --ragged-cap 1024
     # --sample-batch 0 (the paper presets) at the paper's lengths: the rows sept_loop would take for the 1.5B shape
     # beside its fp32 master weights and bf16 sampling copy; then, with training's reserve held, those rows allocated,
-# their decode step captured and run once
-    stage sample-rows 45 $PY -c "import torch, bench, model, sample
+    # their decode step captured and run once
+    stage sample-rows 45 $PY -c "import torch, bench, model, sample, train
 master = model.empty_model(bench.SHAPES['qwen2.5-1.5b'], torch.device('cuda'), torch.float32)
 sampler = sample.make_sampler(master, torch.bfloat16)
-reserve = 12 * sum(p.numel() for p in master.parameters())  # as sept_loop.main: gradients and AdamW moments to come
+reserve = train.memory_to_come(train.make_optimizer(master, train.TrainConfig()))  # as sept_loop.main
 rows = sample.rows_that_fit(sampler, 256 + 3072, reserve)
 print('--sample-batch 0, 1.5B shape, 256 + 3,072 positions:', rows, 'rows; free, total:', torch.cuda.mem_get_info())
 held = torch.empty(reserve, dtype=torch.uint8, device='cuda')  # what training will take

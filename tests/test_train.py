@@ -359,6 +359,20 @@ def test_sampler_copy_is_refreshed_in_place(ckpt):
         train.make_optimizer(sampler, cfg)
 
 
+def test_memory_to_come_is_what_an_update_allocates(ckpt):
+    """--sample-batch 0's reserve: the gradients and AdamW moments a first update allocates; then the gradients."""
+    m = load_model(ckpt("qwen2"))
+    cfg = TrainConfig(lr=1e-2)
+    optimizer = train.make_optimizer(m, cfg)
+    before = train.memory_to_come(optimizer)
+    for p in m.parameters():  # train_step frees them after the update: kept here to count them
+        p.register_post_accumulate_grad_hook(lambda p: setattr(p, "kept_grad", p.grad.clone()))
+    train.train_step(m, optimizer, make_pairs(), 0, cfg)
+    grads = sum(p.kept_grad.nbytes for p in m.parameters())
+    moments = sum(s["exp_avg"].nbytes + s["exp_avg_sq"].nbytes for s in optimizer.state.values())
+    assert before == grads + moments and train.memory_to_come(optimizer) == grads
+
+
 # ---- flags and the CLI ----------------------------------------------------------------------------------------
 
 def write_jsonl(path, rows):
