@@ -57,10 +57,12 @@ def attention_prefill_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 def attention_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                lens: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """One query per row over cache positions [0, lens[b]). q: [B, Hq, D], caches: [B, S, Hkv, D] -> [B, Hq, D].
-    Two batched matmuls per (row, kv head), each kv head's G query heads acting as its G queries; scores in q's
-    dtype, the softmax in fp32. It is also the CPU's decode attention (torch's CPU SDPA ran up to 2x slower once
-    torch.set_num_threads was called): model.py's head-major cache, [B, Hkv, S, D] handed over transposed, makes
-    the reshapes below views, so no key or value is copied."""
+    Two batched matmuls per (row, kv head), each kv head's G query heads acting as its G queries, all in fp32 (as
+    the prefill reference), the output in q's dtype. It is also the CPU's decode attention (torch's CPU SDPA ran up
+    to 2x slower once torch.set_num_threads was called): with fp32 inputs and model.py's head-major cache,
+    [B, Hkv, S, D] handed over transposed, the casts and reshapes below are views, so no key or value is copied."""
+    dtype = q.dtype
+    q, k_cache, v_cache = q.float(), k_cache.float(), v_cache.float()  # fp32 inputs: the same tensors
     B, Hq, D = q.shape
     S, Hkv = k_cache.shape[1], k_cache.shape[2]
     scale = D ** -0.5 if scale is None else scale
@@ -68,9 +70,9 @@ def attention_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     V = v_cache.transpose(1, 2).reshape(B * Hkv, S, D)
     scores = torch.bmm(q.reshape(B * Hkv, Hq // Hkv, D), K.transpose(1, 2)) * scale  # [B*Hkv, G, S]
     valid = torch.arange(S, device=q.device) < lens.view(B, 1)          # [B, S]
-    scores = scores.view(B, Hkv, Hq // Hkv, S).float().masked_fill(~valid[:, None, None], float("-inf"))
-    probs = scores.softmax(-1).to(V.dtype).view(B * Hkv, Hq // Hkv, S)
-    return torch.bmm(probs, V).view(B, Hq, D)
+    scores = scores.view(B, Hkv, Hq // Hkv, S).masked_fill(~valid[:, None, None], float("-inf"))
+    probs = scores.softmax(-1).view(B * Hkv, Hq // Hkv, S)
+    return torch.bmm(probs, V).view(B, Hq, D).to(dtype)
 
 
 # ----------------------------------------------------------------------------- kernels
